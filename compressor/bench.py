@@ -1,0 +1,131 @@
+"""Latency and throughput measurement printed with trtexec's names and units.
+
+trtexec reports "Throughput: N qps" (queries = batched inferences per second of host wall time) and host
+"Latency: min, max, mean, median, percentile(90%), percentile(95%), percentile(99%)" in ms, after a warm-up of
+``--warmUp`` ms and for ``--duration`` s. We print the same lines so existing parsers keep working, plus img/s.
+``--vs`` measures two artifacts interleaved (A, B, A, B, …) so both see the same machine state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CompressorError
+
+Runner = Callable[[], "float | None"]  # one synchronous inference; may return device time in ms
+
+
+@dataclass
+class BenchSettings:
+    warmup: float = 0.2  # seconds
+    duration: float = 3.0  # seconds
+    iterations: int = 10  # minimum count, as trtexec
+    threads: int = 2
+
+
+def summarize(latencies_ms: list[float], batch: int, wall_s: float) -> dict:
+    lat = np.asarray(latencies_ms)
+    queries = len(lat)
+    return {
+        "batch": batch,
+        "queries": queries,
+        "throughput_qps": queries / wall_s,
+        "throughput_img_s": queries * batch / wall_s,
+        "latency_ms": {
+            "min": float(lat.min()), "max": float(lat.max()), "mean": float(lat.mean()),
+            "median": float(np.median(lat)), "p90": float(np.percentile(lat, 90)),
+            "p95": float(np.percentile(lat, 95)), "p99": float(np.percentile(lat, 99)),
+        },
+        "total_host_walltime_s": wall_s,
+    }
+
+
+def measure(runners: list[Runner], settings: BenchSettings) -> list[tuple[list[float], float]]:
+    """Run each runner in turn (interleaved) until ``duration`` and ``iterations`` are reached for all.
+
+    Returns per runner (latencies in ms, summed wall time in s). Device-timed runners (returning ms) use their
+    own figure for latency; host time is used otherwise.
+    """
+    end = time.perf_counter() + settings.warmup
+    while time.perf_counter() < end:
+        for run in runners:
+            run()
+    lats: list[list[float]] = [[] for _ in runners]
+    walls = [0.0] * len(runners)
+    start = time.perf_counter()
+    while time.perf_counter() - start < settings.duration * len(runners) or min(map(len, lats)) < settings.iterations:
+        for i, run in enumerate(runners):
+            t0 = time.perf_counter()
+            device_ms = run()
+            dt = time.perf_counter() - t0
+            walls[i] += dt
+            lats[i].append(device_ms if device_ms is not None else dt * 1e3)
+    return list(zip(lats, walls))
+
+
+def onnx_runner(path: str | Path, batch: int, threads: int, input_shape: tuple[int, ...] | None = None) -> Runner:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = input_shape or tuple(d if isinstance(d, int) else 1 for d in inp.shape[1:])
+    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    feed = {inp.name: x}
+    return lambda: sess.run(None, feed) and None
+
+
+def torch_runner(model: nn.Module, batch: int, threads: int, input_shape: tuple[int, ...]) -> Runner:
+    torch.set_num_threads(threads)
+    model.eval()
+    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
+
+    def run() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    return run
+
+
+def format_summary(label: str, s: dict) -> str:
+    lat = s["latency_ms"]
+    return "\n".join([
+        f"[I] === Performance summary: {label}, batch {s['batch']} ===",
+        f"[I] Throughput: {s['throughput_qps']:.2f} qps ({s['throughput_img_s']:.1f} img/s)",
+        f"[I] Latency: min = {lat['min']:.4f} ms, max = {lat['max']:.4f} ms, mean = {lat['mean']:.4f} ms, "
+        f"median = {lat['median']:.4f} ms, percentile(90%) = {lat['p90']:.4f} ms, "
+        f"percentile(95%) = {lat['p95']:.4f} ms, percentile(99%) = {lat['p99']:.4f} ms",
+        f"[I] Total Host Walltime: {s['total_host_walltime_s']:.3f} s ({s['queries']} queries)",
+    ])
+
+
+def make_runner(artifact: str, backend: str, batch: int, threads: int, model_loader: Callable[[str], tuple[nn.Module, tuple]]) -> Runner:
+    """Pick the runner for an artifact: .onnx → onnxruntime CPU; a model file → torch CPU."""
+    if backend == "auto":
+        backend = "onnxruntime-cpu" if artifact.endswith(".onnx") else "torch-cpu"
+    if backend == "onnxruntime-cpu":
+        if not artifact.endswith(".onnx"):
+            raise CompressorError(f"backend onnxruntime-cpu needs an .onnx artifact, got {artifact}")
+        return onnx_runner(artifact, batch, threads)
+    if backend == "torch-cpu":
+        model, shape = model_loader(artifact)
+        return torch_runner(model, batch, threads, shape)
+    raise CompressorError(f"unknown bench backend {backend!r}; choose onnxruntime-cpu or torch-cpu")
+
+
+def bench_onnx_pair(path_a: str | Path, path_b: str | Path | None, batch: int, settings: BenchSettings) -> list[dict]:
+    """Interleaved measurement of one or two ONNX files (used by the report and the INT8 faster-check)."""
+    runners = [onnx_runner(path_a, batch, settings.threads)]
+    if path_b is not None:
+        runners.append(onnx_runner(path_b, batch, settings.threads))
+    return [summarize(lat, batch, wall) for lat, wall in measure(runners, settings)]

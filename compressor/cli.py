@@ -1,0 +1,263 @@
+"""Command line: compress, run (one pass), passes, bench, check.
+
+Every user-facing failure is one line on stderr and a non-zero exit (2 = bad input, 3 = gate missed);
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from .errors import CompressorError
+
+DEBUG = {"on": False}
+
+
+def _parse_shape(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        shape = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise CompressorError(f"--input-shape {value!r} must be C,H,W integers, e.g. 3,32,32") from None
+    if len(shape) != 3:
+        raise CompressorError(f"--input-shape {value!r} must have three values C,H,W")
+    return shape
+
+
+def _read_yaml(path: str | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise CompressorError(f"recipe {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CompressorError(f"recipe {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CompressorError(f"recipe {p} must hold a mapping at the top level")
+    return data
+
+
+def _apply_overrides(data: dict, model, weights, data_path, input_shape, allow_pickle, seed, budgets, no_bench) -> dict:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    m = data.setdefault("model", {})
+    if not isinstance(m, dict):
+        raise CompressorError("recipe: model must be a mapping")
+    if model:
+        m["name"] = model
+    if weights:
+        m["weights"] = weights
+    if input_shape:
+        m["input_shape"] = input_shape
+    if allow_pickle:
+        m["allow_pickle"] = True
+    if data_path:
+        d = data.setdefault("data", {})
+        if not isinstance(d, dict):
+            raise CompressorError("recipe: data must be a mapping")
+        d["path"] = data_path
+    if seed is not None:
+        data["seed"] = seed
+    b = data.setdefault("budget", {})
+    b.update({k: v for k, v in budgets.items() if v is not None})
+    if no_bench:
+        data.setdefault("bench", {})["enabled"] = False
+    return data
+
+
+def _run_pipeline(data: dict, out: str, resume: bool, quiet: bool) -> None:
+    from .pipeline import Pipeline
+    from .recipe import parse_recipe
+
+    report = Pipeline(parse_recipe(data), out, resume=resume, progress=not quiet).run()
+    click.echo(Path(out, "report.md").read_text().split("\n\nDeployed")[0])
+    click.echo(f"\nDeployed: {Path(out) / report.deployed}\nReport: {Path(out) / 'report.md'}")
+
+
+def model_options(f):
+    for opt in reversed([
+        click.option("--model", help="Zoo name, package.module:callable or file.py:callable."),
+        click.option("--weights", type=str, help="state_dict checkpoint (or a compressor stage file)."),
+        click.option("--data", "data_path", help="ImageFolder dir, .tar/.tar.gz of one, or .npz."),
+        click.option("--input-shape", help="C,H,W (default from the recipe, else 3,32,32)."),
+        click.option("--allow-pickle", is_flag=True, help="Allow loading a pickled whole module (runs code!)."),
+        click.option("--seed", type=int, default=None),
+        click.option("--out", required=True, help="Output folder."),
+        click.option("--resume", is_flag=True, help="Skip stages already complete and intact in --out."),
+        click.option("--max-accuracy-drop", type=float, help="Gate: max test top-1 drop vs teacher (points)."),
+        click.option("--min-speedup", type=float, help="Gate: min teacher/final ORT-CPU p50 latency ratio (batch 1)."),
+        click.option("--max-size-mb", type=float, help="Gate: max size of the deployed ONNX (MiB)."),
+        click.option("--no-bench", is_flag=True, help="Skip latency measurements."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="compressor")
+def cli(debug: bool) -> None:
+    """Compress trained CNNs: prune, remove layers, fold BN, quantize to INT8, export, benchmark."""
+    DEBUG["on"] = debug
+
+
+@cli.command()
+@click.option("--recipe", type=str, help="YAML recipe (see recipes/).")
+@model_options
+def compress(recipe, model, weights, data_path, input_shape, allow_pickle, seed, out, resume,
+             max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
+    """Run a recipe's passes on a teacher, export, benchmark and write the report."""
+    data = _read_yaml(recipe)
+    if not recipe:
+        data = {"passes": [{"fold_bn": {}}], "export": ["onnx"]}
+    budgets = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_mb": max_size_mb}
+    data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench)
+    _run_pipeline(data, out, resume, quiet)
+
+
+@cli.command("run")
+@click.argument("pass_name")
+@click.option("--config", "config_path", type=str, help="YAML mapping of the pass's parameters.")
+@click.option("--set", "sets", multiple=True, help="Pass parameter KEY=VALUE (YAML value); repeatable.")
+@model_options
+def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shape, allow_pickle, seed, out, resume,
+             max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
+    """Run one pass on a model (for CI pipelines that run passes one at a time)."""
+    from .passes import PASSES
+
+    if pass_name not in PASSES:
+        raise CompressorError(f"unknown pass {pass_name!r}; `compressor passes` lists {', '.join(sorted(PASSES))}")
+    params = _read_yaml(config_path)
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CompressorError(f"--set {item!r} must be KEY=VALUE")
+        params[key] = yaml.safe_load(value)
+    budgets = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_mb": max_size_mb}
+    data = {"passes": [{pass_name: params}], "export": ["onnx"]}
+    data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench)
+    _run_pipeline(data, out, resume, quiet)
+
+
+@cli.command()
+def passes():
+    """List available passes and their parameters."""
+    from .passes import PASSES, config_fields
+
+    for name in sorted(PASSES):
+        cls = PASSES[name]
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        click.echo(f"{name}: {doc}")
+        for field_name, type_name, default in config_fields(cls.Config):
+            click.echo(f"    {field_name}: {type_name} = {default!r}")
+
+
+@cli.command()
+@click.argument("artifact")
+@click.option("--batch", default="1,64", help="Comma-separated batch sizes.")
+@click.option("--warmup", default=0.2, type=float, help="Warm-up seconds (trtexec --warmUp is in ms: 200).")
+@click.option("--duration", default=3.0, type=float, help="Seconds of measurement per batch size and artifact.")
+@click.option("--iterations", default=10, type=int, help="Minimum measured inferences.")
+@click.option("--threads", default=2, type=int, help="Intra-op threads.")
+@click.option("--backend", default="auto", help="auto | onnxruntime-cpu | torch-cpu")
+@click.option("--model", help="Architecture for a state_dict artifact (torch-cpu).")
+@click.option("--input-shape", default="3,32,32", help="C,H,W for torch artifacts.")
+@click.option("--vs", "other", help="A second artifact measured interleaved in the same run.")
+@click.option("--json", "json_path", help="Write the figures as JSON.")
+def bench(artifact, batch, warmup, duration, iterations, threads, backend, model, input_shape, other, json_path):
+    """Measure latency and throughput, printed as trtexec prints them."""
+    from .bench import BenchSettings, format_summary, make_runner, measure, summarize
+    from .models import load_user_model
+    from .report import write_atomic
+
+    shape = tuple(_parse_shape(input_shape))
+    for a in [artifact] + ([other] if other else []):
+        if not Path(a).is_file():
+            raise CompressorError(f"artifact {a} does not exist")
+
+    def loader(path: str):
+        loaded = load_user_model(model, path, False, shape)
+        return loaded.model, shape
+
+    try:
+        batches = [int(b) for b in batch.split(",")]
+    except ValueError:
+        raise CompressorError(f"--batch {batch!r} must be comma-separated integers") from None
+    settings = BenchSettings(warmup, duration, iterations, threads)
+    results: dict = {"artifact": artifact, "vs": other, "backend": backend, "threads": threads, "results": []}
+    for b in batches:
+        runners = [make_runner(artifact, backend, b, threads, loader)]
+        if other:
+            runners.append(make_runner(other, backend, b, threads, loader))
+        measured = [summarize(lat, b, wall) for lat, wall in measure(runners, settings)]
+        entry = {"batch": b, artifact: measured[0]}
+        click.echo(format_summary(artifact, measured[0]))
+        if other:
+            entry[other] = measured[1]
+            click.echo(format_summary(other, measured[1]))
+            entry["ratio"] = {
+                "throughput": measured[0]["throughput_qps"] / measured[1]["throughput_qps"],
+                "median_latency": measured[0]["latency_ms"]["median"] / measured[1]["latency_ms"]["median"],
+            }
+            click.echo(f"[I] Ratio {artifact} / {other}: throughput {entry['ratio']['throughput']:.3f}x, "
+                       f"median latency {entry['ratio']['median_latency']:.3f}x")
+        results["results"].append(entry)
+    if json_path:
+        write_atomic(Path(json_path), json.dumps(results, indent=2))
+
+
+@cli.command()
+@click.argument("report_path")
+@click.option("--max-accuracy-drop", type=float)
+@click.option("--min-speedup", type=float)
+@click.option("--max-size-mb", type=float)
+def check(report_path, max_accuracy_drop, min_speedup, max_size_mb):
+    """Gate an existing report.json: exit 0 when every limit is met, 3 when one is missed."""
+    from .errors import GateFailed
+    from .gate import evaluate_gate
+    from .recipe import BudgetSection
+    from .report import read_report
+
+    report = read_report(report_path)
+    if max_accuracy_drop is None and min_speedup is None and max_size_mb is None:
+        raise CompressorError("check needs at least one limit: --max-accuracy-drop, --min-speedup or --max-size-mb")
+    results = evaluate_gate(report, BudgetSection(max_accuracy_drop, min_speedup, max_size_mb))
+    for g in results:
+        actual = "n/a" if g.actual is None else f"{g.actual:.3f}"
+        click.echo(f"{'PASS' if g.passed else 'FAIL'} {g.limit}: required {g.required:g}, actual {actual}")
+    failed = [g for g in results if not g.passed]
+    if failed:
+        raise GateFailed(", ".join(
+            f"{g.limit} missed" + (f" by {-g.margin:.3f}" if g.margin is not None else "") for g in failed))
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CompressorError as exc:
+        if DEBUG["on"]:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if DEBUG["on"]:
+            raise
+        click.echo(f"error: internal failure {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                   "(rerun with --debug for the traceback and report it)", err=True)
+        sys.exit(1)

@@ -1,0 +1,93 @@
+"""ONNX export with a parity check: the exported graph must reproduce PyTorch on real images or export fails."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from .data import Preprocess, Split
+from .errors import CompressorError
+from .metrics import predict
+
+OPSET = 17
+
+
+@dataclass
+class Parity:
+    """How closely an ONNX artifact reproduces the PyTorch model on real test images."""
+
+    images: int
+    max_abs_logit_diff: float
+    top1_agreement: float  # percent
+
+    def as_dict(self) -> dict:
+        return {"images": self.images, "max_abs_logit_diff": self.max_abs_logit_diff, "top1_agreement": self.top1_agreement}
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], opset: int = OPSET) -> Path:
+    """Export with a dynamic batch axis, validate with onnx.checker, and write atomically."""
+    path = Path(path)
+    model = model.eval()
+    dummy = torch.zeros(1, *input_shape)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (dummy,), tmp, input_names=["input"], output_names=["logits"], opset_version=opset,
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            )
+        onnx.checker.check_model(onnx.load(tmp), full_check=True)
+        os.replace(tmp, path)
+    except Exception as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, CompressorError):
+            raise
+        raise CompressorError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    return path
+
+
+def ort_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_predict(session: ort.InferenceSession, split: Split, preprocess: Preprocess, batch_size: int = 500) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return np.concatenate(
+        [session.run(None, {name: preprocess(split.images[i : i + batch_size]).numpy()})[0] for i in range(0, len(split), batch_size)]
+    )
+
+
+def check_parity(
+    path: str | Path, model: nn.Module, split: Split, preprocess: Preprocess,
+    atol: float = 1e-3, min_agreement: float = 99.9, reference: np.ndarray | None = None,
+) -> Parity:
+    """Compare ONNX Runtime against PyTorch on every image of ``split``; raise if outside tolerance.
+
+    ``reference`` replaces the PyTorch logits (e.g. for a quantized artifact judged against its float model,
+    where callers pass looser tolerances).
+    """
+    ref = predict(model, split, preprocess) if reference is None else reference
+    got = ort_predict(ort_session(path), split, preprocess)
+    parity = Parity(len(split), float(np.abs(got - ref).max()), float((got.argmax(1) == ref.argmax(1)).mean() * 100))
+    if parity.max_abs_logit_diff > atol or parity.top1_agreement < min_agreement:
+        raise CompressorError(
+            f"ONNX parity check failed for {path}: max |Δlogit| {parity.max_abs_logit_diff:.2e} (limit {atol:.0e}), "
+            f"top-1 agreement {parity.top1_agreement:.2f}% (limit {min_agreement}%); the exported graph does not "
+            "reproduce the model, report this with --debug output"
+        )
+    return parity

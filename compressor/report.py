@@ -1,0 +1,167 @@
+"""The one report object of a run, rendered as report.json, report.md and an accuracy-vs-latency plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CompressorError
+
+
+@dataclass
+class StageRecord:
+    """One row of the report: a model state after the teacher, a pass, or an export."""
+
+    stage: str
+    kind: str  # teacher | pass | export
+    top1: float | None = None  # test split, percent
+    delta_top1: float | None = None  # vs teacher, percentage points
+    agreement: float | None = None  # top-1 agreement with the teacher on test, percent
+    params: int | None = None
+    macs: int | None = None
+    onnx_path: str | None = None
+    onnx_size_mb: float | None = None
+    latency_b1_p50_ms: float | None = None
+    throughput_b64_img_s: float | None = None
+    seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GateResult:
+    limit: str
+    required: float
+    actual: float | None
+    passed: bool
+    margin: float | None  # how far inside (+) or outside (−) the limit
+
+
+@dataclass
+class Report:
+    stages: list[StageRecord] = field(default_factory=list)
+    deployed: str | None = None  # path of the artifact to ship
+    gate: list[GateResult] = field(default_factory=list)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    @property
+    def gate_passed(self) -> bool:
+        return all(g.passed for g in self.gate)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["gate_passed"] = self.gate_passed
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Report":
+        d = dict(d)
+        d.pop("gate_passed", None)
+        return cls(
+            stages=[StageRecord(**s) for s in d.pop("stages", [])],
+            gate=[GateResult(**g) for g in d.pop("gate", [])],
+            **d,
+        )
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import onnx
+    import onnxruntime
+    import torch
+
+    from . import __version__
+
+    return {
+        "compressor": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+    }
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(text.encode() if isinstance(text, str) else text)
+    os.replace(tmp, path)
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def render_markdown(report: Report) -> str:
+    lines = [
+        "# Compression report", "",
+        "| stage | top-1 % | Δ vs teacher | agree % | params | MACs (M) | ONNX MB | p50 b1 ms | img/s b64 | time s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in report.stages:
+        lines.append(
+            f"| {s.stage} | {_fmt(s.top1, '.2f')} | {_fmt(s.delta_top1, '+.2f')} | {_fmt(s.agreement, '.2f')} | "
+            f"{_fmt(s.params, ',')} | {_fmt(None if s.macs is None else s.macs / 1e6, '.2f')} | "
+            f"{_fmt(s.onnx_size_mb, '.3f')} | {_fmt(s.latency_b1_p50_ms, '.3f')} | "
+            f"{_fmt(s.throughput_b64_img_s, ',.0f')} | {s.seconds:.1f} |"
+        )
+    lines += ["", f"Deployed artifact: `{report.deployed}`", ""]
+    if report.gate:
+        lines += ["## Gate", "", "| limit | required | actual | result |", "|---|---|---|---|"]
+        for g in report.gate:
+            lines.append(f"| {g.limit} | {g.required:g} | {_fmt(g.actual, '.3f')} | "
+                         f"{'pass' if g.passed else f'FAIL by {-g.margin:.3f}' if g.margin is not None else 'FAIL'} |")
+        lines += ["", f"**Gate {'passed' if report.gate_passed else 'FAILED'}.**", ""]
+    for s in report.stages:
+        plots = s.details.get("plots", [])
+        for p in plots:
+            lines.append(f"![{s.stage}]({p})")
+    lines += ["", "![accuracy vs latency](accuracy_latency.png)", ""]
+    lines += ["## Run", "", f"- seed: {report.seed}", f"- wall time: {report.wall_seconds:.1f} s"]
+    lines += [f"- {k}: {v}" for k, v in report.versions.items()]
+    lines += ["", "Recipe:", "", "```json", json.dumps(report.recipe, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def plot_accuracy_latency(report: Report, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in report.stages:
+        if s.top1 is not None and s.latency_b1_p50_ms is not None:
+            ax.scatter(s.latency_b1_p50_ms, s.top1)
+            ax.annotate(s.stage, (s.latency_b1_p50_ms, s.top1), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("ORT-CPU p50 latency, batch 1 (ms)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("accuracy vs latency per stage")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(report: Report, out_dir: Path) -> None:
+    plot_accuracy_latency(report, out_dir / "accuracy_latency.png")
+    write_atomic(out_dir / "report.json", json.dumps(report.to_dict(), indent=2))
+    write_atomic(out_dir / "report.md", render_markdown(report))
+
+
+def read_report(path: str | Path) -> Report:
+    path = Path(path)
+    try:
+        return Report.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise CompressorError(f"report {path} does not exist") from None
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise CompressorError(f"{path} is not a compressor report.json ({type(exc).__name__})") from None

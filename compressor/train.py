@@ -1,0 +1,104 @@
+"""The one fine-tuning loop every pass uses: knowledge distillation from the teacher plus cross-entropy.
+
+BatchNorm stays frozen (running statistics, eval mode) while the rest trains, which is what lets the loop run
+in Tune mode (You et al., ICLR 2024): each conv→BN pair becomes one convolution whose weights are folded
+differentiably on every forward, saving the activation memory of the separate BN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import Preprocess, Split
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning schedule: ``steps`` SGD steps of ``batch_size`` images (cosine LR from ``lr``)."""
+
+    steps: int = 200
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    kd_loss: str = "kl"  # "kl" (Hinton, temperature) or "mse" (logit MSE, as N2N)
+    kd_weight: float = 1.0
+    ce_weight: float = 1.0
+    temperature: float = 4.0
+    tune_mode: bool = True
+    augment: bool = True
+
+
+def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Standard CIFAR augmentation: 4-pixel zero-pad random crop and horizontal flip."""
+    n, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    dy, dx = rng.integers(0, 9, n), rng.integers(0, 9, n)
+    out = np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    flip = rng.random(n) < 0.5
+    out[flip] = out[flip, :, ::-1]
+    return out
+
+
+def _freeze_bn(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Split,
+    preprocess: Preprocess,
+    config: FinetuneConfig,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "fine-tune",
+) -> list[float]:
+    """Train ``student`` in place on ``data`` for ``config.steps`` steps; returns the loss per step."""
+    if config.steps <= 0:
+        return []
+    from .fusion import tune_mode
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    teacher.eval()
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
+    losses: list[float] = []
+    student.train()
+    _freeze_bn(student)
+    order, pos = rng.permutation(len(data)), 0
+    with tune_mode(student, enabled=config.tune_mode):
+        for _ in tqdm(range(config.steps), desc=desc, disable=not progress, leave=False):
+            if pos + config.batch_size > len(order):
+                order, pos = rng.permutation(len(data)), 0
+            idx = order[pos : pos + config.batch_size]
+            pos += config.batch_size
+            images = data.images[idx]
+            x = preprocess(_augment(images, rng) if config.augment else images)
+            y = torch.from_numpy(data.labels[idx])
+            with torch.no_grad():
+                t_logits = teacher(x)
+            s_logits = student(x)
+            if config.kd_loss == "mse":
+                kd = F.mse_loss(s_logits, t_logits)
+            else:
+                t = config.temperature
+                kd = F.kl_div(F.log_softmax(s_logits / t, 1), F.softmax(t_logits / t, 1), reduction="batchmean") * t * t
+            loss = config.kd_weight * kd + config.ce_weight * F.cross_entropy(s_logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+    student.eval()
+    return losses
