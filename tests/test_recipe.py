@@ -1,0 +1,67 @@
+"""Recipe validation errors name the key path; the safe serializer round-trips restructured models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from compressor.errors import CompressorError
+from compressor.recipe import parse_recipe, to_dict
+from compressor.serialize import load_model, save_model
+from compressor.zoo import ZOO
+
+
+def test_recipe_errors_name_key_path():
+    with pytest.raises(CompressorError, match=r"unknown key 'data.valdation'"):
+        parse_recipe({"data": {"valdation": 3}})
+    with pytest.raises(CompressorError, match=r"bench.duration must be float, got str"):
+        parse_recipe({"bench": {"duration": "long"}})
+    with pytest.raises(CompressorError, match=r"unknown pass 'shrinkify'"):
+        parse_recipe({"passes": [{"shrinkify": {}}]})
+    with pytest.raises(CompressorError, match=r"unknown key 'passes\[0\].fold_bn.bogus'"):
+        parse_recipe({"passes": [{"fold_bn": {"bogus": 1}}]})
+    with pytest.raises(CompressorError, match=r"export\[0\]"):
+        parse_recipe({"export": ["pdf"]})
+    with pytest.raises(CompressorError, match=r"seed must be int, got bool"):
+        parse_recipe({"seed": True})
+
+
+def test_recipe_defaults_and_round_trip():
+    r = parse_recipe({"model": {"name": "cifar_resnet20"}, "passes": ["fold_bn"], "bench": {"duration": 2}})
+    assert r.bench.duration == 2.0 and isinstance(r.bench.duration, float)
+    d = to_dict(r)
+    assert d["passes"][0] == {"fold_bn": {}} or "fold_bn" in d["passes"][0]
+    assert parse_recipe(d) == r
+
+
+def test_serializer_round_trip_of_restructured_model(tmp_path):
+    m = ZOO["cifar_resnet20"]().eval()
+    blk = m.layer2[0]
+    blk.conv1, blk.bn1 = nn.Conv2d(16, 7, 3, 2, 1, bias=False), nn.BatchNorm2d(7)
+    blk.conv2 = nn.Conv2d(7, 32, 3, 1, 1, bias=False)
+    m.layer1[2] = nn.Identity()
+    m.eval()
+    save_model(m, tmp_path / "m.pt", {"k": 1})
+    m2, meta = load_model(tmp_path / "m.pt")
+    x = torch.randn(3, 3, 32, 32)
+    assert meta == {"k": 1}
+    assert torch.equal(m(x), m2(x))
+    assert isinstance(m2.layer1[2], nn.Identity) and m2.layer2[0].conv1.out_channels == 7
+
+
+def test_serializer_refuses_classes_outside_allow_list(tmp_path):
+    class Mine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    save_model(Mine(), tmp_path / "m.pt")
+    with pytest.raises(CompressorError, match="outside the allowed modules"):
+        load_model(tmp_path / "m.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CompressorError, match="missing or corrupt"):
+        load_model(tmp_path / "junk.pt")
