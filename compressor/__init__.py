@@ -8,19 +8,17 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def compress(recipe: "str | Path | dict[str, Any]", out_dir: str | Path, *, resume: bool = False,
+def compress(recipe: str | Path | dict[str, Any], out_dir: str | Path, *, resume: bool = False,
              progress: bool = True, **overrides: Any):
     """Run a recipe (YAML path or mapping) into ``out_dir`` and return the Report.
 
     ``overrides`` replace top-level recipe sections key by key, e.g. ``data={"path": "cifar.tar.gz"}``.
     Raises ``GateFailed`` (after writing artifacts and report) when a budget is missed.
     """
-    import yaml
-
     from .pipeline import Pipeline
-    from .recipe import parse_recipe
+    from .recipe import parse_recipe, read_recipe_file
 
-    data = dict(recipe) if isinstance(recipe, dict) else yaml.safe_load(Path(recipe).read_text())
+    data = dict(recipe) if isinstance(recipe, dict) else read_recipe_file(recipe)
     for key, value in overrides.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return Pipeline(parse_recipe(data), out_dir, resume=resume, progress=progress).run()

@@ -31,21 +31,22 @@ def _parse_shape(value: str | None) -> list[int] | None:
 
 
 def _read_yaml(path: str | None) -> dict:
-    if path is None:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise CompressorError(f"recipe {p} does not exist")
+    from .recipe import read_recipe_file
+
+    return {} if path is None else read_recipe_file(path)
+
+
+def _parse_floats(value: str | None, flag: str) -> list[float] | None:
+    if value is None:
+        return None
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CompressorError(f"recipe {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise CompressorError(f"recipe {p} must hold a mapping at the top level")
-    return data
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise CompressorError(f"{flag} {value!r} must be comma-separated numbers") from None
 
 
-def _apply_overrides(data: dict, model, weights, data_path, input_shape, allow_pickle, seed, budgets, no_bench) -> dict:
+def _apply_overrides(data: dict, model, weights, data_path, input_shape, allow_pickle, seed, budgets, no_bench,
+                     mean=None, std=None) -> dict:
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     m = data.setdefault("model", {})
     if not isinstance(m, dict):
@@ -58,6 +59,10 @@ def _apply_overrides(data: dict, model, weights, data_path, input_shape, allow_p
         m["input_shape"] = input_shape
     if allow_pickle:
         m["allow_pickle"] = True
+    if mean:
+        m["mean"] = _parse_floats(mean, "--mean")
+    if std:
+        m["std"] = _parse_floats(std, "--std")
     if data_path:
         d = data.setdefault("data", {})
         if not isinstance(d, dict):
@@ -87,6 +92,8 @@ def model_options(f):
         click.option("--weights", type=str, help="state_dict checkpoint (or a compressor stage file)."),
         click.option("--data", "data_path", help="ImageFolder dir, .tar/.tar.gz of one, or .npz."),
         click.option("--input-shape", help="C,H,W (default from the recipe, else 3,32,32)."),
+        click.option("--mean", help="Per-channel normalisation mean, e.g. 0.485,0.456,0.406 (default from the recipe)."),
+        click.option("--std", help="Per-channel normalisation std, e.g. 0.229,0.224,0.225."),
         click.option("--allow-pickle", is_flag=True, help="Allow loading a pickled whole module (runs code!)."),
         click.option("--seed", type=int, default=None),
         click.option("--out", required=True, help="Output folder."),
@@ -112,14 +119,15 @@ def cli(debug: bool) -> None:
 @cli.command()
 @click.option("--recipe", type=str, help="YAML recipe (see recipes/).")
 @model_options
-def compress(recipe, model, weights, data_path, input_shape, allow_pickle, seed, out, resume,
+def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, out, resume,
              max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
     """Run a recipe's passes on a teacher, export, benchmark and write the report."""
     data = _read_yaml(recipe)
     if not recipe:
         data = {"passes": [{"fold_bn": {}}], "export": ["onnx"]}
     budgets = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_mb": max_size_mb}
-    data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench)
+    data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
+                            mean, std)
     _run_pipeline(data, out, resume, quiet)
 
 
@@ -128,7 +136,7 @@ def compress(recipe, model, weights, data_path, input_shape, allow_pickle, seed,
 @click.option("--config", "config_path", type=str, help="YAML mapping of the pass's parameters.")
 @click.option("--set", "sets", multiple=True, help="Pass parameter KEY=VALUE (YAML value); repeatable.")
 @model_options
-def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shape, allow_pickle, seed, out, resume,
+def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, out, resume,
              max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
     """Run one pass on a model (for CI pipelines that run passes one at a time)."""
     from .passes import PASSES
@@ -143,7 +151,8 @@ def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shap
         params[key] = yaml.safe_load(value)
     budgets = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_mb": max_size_mb}
     data = {"passes": [{pass_name: params}], "export": ["onnx"]}
-    data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench)
+    data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
+                            mean, std)
     _run_pipeline(data, out, resume, quiet)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from .errors import CompressorError
 
@@ -36,7 +37,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: np.ndarray) -> "Split":
+    def subset(self, index: np.ndarray) -> Split:
         return Split(self.images[index], self.labels[index])
 
 
@@ -91,10 +92,13 @@ def _collect(entries: dict[str, dict[str, list[tuple[str, bytes]]]], source: str
 
     def build(split: str) -> Split:
         images, labels = [], []
-        for label, cls in enumerate(classes):
-            for name, blob in sorted(entries[split].get(cls, [])):
-                images.append(_decode(blob, name))
-                labels.append(label)
+        total = sum(len(v) for v in entries[split].values())
+        with tqdm(total=total, desc=f"decode {split}", disable=total < 5000, leave=False) as bar:
+            for label, cls in enumerate(classes):
+                for name, blob in sorted(entries[split].get(cls, [])):
+                    images.append(_decode(blob, name))
+                    labels.append(label)
+                    bar.update()
         if not images:
             raise CompressorError(f"data at {source}: split {split}/ holds no images ({', '.join(IMAGE_SUFFIXES)})")
         shapes = {im.shape for im in images}

@@ -158,18 +158,27 @@ def parse_recipe(data: Any) -> Recipe:
             raise CompressorError(f"recipe: export[{i}] is {e!r}; choose from {', '.join(EXPORTS)}")
     if len(recipe.model.input_shape) != 3:
         raise CompressorError("recipe: model.input_shape must be [channels, height, width]")
+    channels = recipe.model.input_shape[0]
+    for key in ("mean", "std"):
+        if len(getattr(recipe.model, key)) != channels:
+            raise CompressorError(f"recipe: model.{key} needs {channels} values, one per input channel")
+    if any(s <= 0 for s in recipe.model.std):
+        raise CompressorError("recipe: model.std values must be positive")
     return recipe
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def read_recipe_file(path: str | Path) -> dict:
+    """The raw mapping of a YAML recipe file, with one-line errors for a missing or malformed file."""
     path = Path(path)
     if not path.is_file():
         raise CompressorError(f"recipe {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise CompressorError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_recipe(data)
+    if not isinstance(data, dict):
+        raise CompressorError(f"recipe {path} must hold a mapping at the top level")
+    return data
 
 
 def to_dict(recipe: Recipe) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -39,7 +38,7 @@ def finished_run(tmp_path_factory):
 
 
 def test_pipeline_writes_artifacts_and_report(finished_run):
-    out, report = finished_run
+    out, _ = finished_run
     for name in ("model.onnx", "report.json", "report.md", "accuracy_latency.png", "stages/01_fold_bn.pt"):
         assert (out / name).is_file(), name
     data = json.loads((out / "report.json").read_text())
@@ -115,7 +114,7 @@ def _assert_clean_failure(cli, out_dir: Path, args, message: str):
     assert not out_dir.exists() or out_dir.is_file() or not any(out_dir.iterdir())
 
 
-def test_bad_input_one_line_errors_and_no_partial_output(tmp_path, cli):
+def test_bad_input_one_line_errors_and_no_partial_output(tmp_path, cli, monkeypatch):
     base = ["compress", "--model", "cifar_resnet20", "--data", DEMO_DATA]
     _assert_clean_failure(cli, tmp_path / "o1", base + ["--weights", tmp_path / "missing.pt"], "does not exist")
     pickled = tmp_path / "p.pt"
@@ -136,8 +135,8 @@ def test_bad_input_one_line_errors_and_no_partial_output(tmp_path, cli):
     a_file.write_text("x")
     _assert_clean_failure(cli, a_file, base + ["--weights", DEMO_TEACHER], "is a file")
     assert a_file.read_text() == "x"
-    if os.geteuid() != 0:  # root can write anywhere
-        ro = tmp_path / "ro"
-        ro.mkdir()
-        ro.chmod(0o500)
-        _assert_clean_failure(cli, ro / "out", base + ["--weights", DEMO_TEACHER], "not writable")
+    # Root may write anywhere (CI runs as root), so an unwritable folder is simulated at the permission check.
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    monkeypatch.setattr("compressor.pipeline.os.access", lambda path, mode: Path(path) != ro)
+    _assert_clean_failure(cli, ro / "out", base + ["--weights", DEMO_TEACHER], "not writable")

@@ -1,0 +1,68 @@
+"""GPU timing backends for ``bench``: eager torch (FP32/FP16, channels_last) with optional CUDA-graph replay.
+
+Each runner is a zero-argument function that runs one synchronous inference on a fixed random batch and returns
+the elapsed GPU milliseconds measured with CUDA events, the contract shared with
+``compressor.kernels.make_torch_int8_runner``. CUDA graphs follow the PyTorch "CUDA Graphs" capture recipe
+(warm up on a side stream, capture once, replay with static input/output buffers).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .errors import CompressorError
+
+
+def require_cuda() -> torch.device:
+    """The current CUDA device, or CompressorError when torch has no CUDA or no GPU is visible."""
+    if not torch.cuda.is_available():
+        build = "a CPU-only torch build" if torch.version.cuda is None else "no visible NVIDIA GPU"
+        raise CompressorError(
+            f"GPU backends need CUDA, but this is {build}; run on a machine with an NVIDIA GPU and a CUDA build of "
+            "torch (see https://pytorch.org/get-started/locally/)"
+        )
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def make_torch_cuda_runner(
+    model: nn.Module, batch: int, fp16: bool, cuda_graph: bool, input_shape: tuple[int, ...] = (3, 32, 32), warmup: int = 3
+) -> Callable[[], float]:
+    """Eager torch on the GPU in channels_last (FP16 when ``fp16``), optionally replayed as one CUDA graph."""
+    device = require_cuda()
+    dtype = torch.float16 if fp16 else torch.float32
+    net = copy.deepcopy(model).eval().to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch, *input_shape), generator=gen).to(device=device, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    with torch.inference_mode():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                net(x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = None
+        if cuda_graph:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                net(x)
+        torch.cuda.synchronize()
+
+    def run() -> float:
+        with torch.inference_mode():
+            start.record()
+            if graph is not None:
+                graph.replay()
+            else:
+                net(x)
+            end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    return run
