@@ -9,9 +9,9 @@ trtexec reports "Throughput: N qps" (queries = batched inferences per second of 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -109,18 +109,48 @@ def format_summary(label: str, s: dict) -> str:
     ])
 
 
-def make_runner(artifact: str, backend: str, batch: int, threads: int, model_loader: Callable[[str], tuple[nn.Module, tuple]]) -> Runner:
-    """Pick the runner for an artifact: .onnx → onnxruntime CPU; a model file → torch CPU."""
+BACKENDS = ("auto", "onnxruntime-cpu", "torch-cpu", "torch-cuda", "torch-int8", "tensorrt")
+
+
+def make_runner(artifact: str, backend: str, batch: int, threads: int,
+                model_loader: Callable[[str], tuple[nn.Module, tuple]], fp16: bool = False, cuda_graph: bool = False) -> Runner:
+    """Pick the runner for an artifact.
+
+    onnxruntime-cpu: an .onnx file. torch-cpu / torch-cuda / torch-int8: a model (state_dict with --model, or a
+    compressor stage file). tensorrt: a serialized engine. ``auto`` is onnxruntime-cpu for .onnx, tensorrt for
+    .engine/.plan, torch-cpu otherwise.
+    """
     if backend == "auto":
-        backend = "onnxruntime-cpu" if artifact.endswith(".onnx") else "torch-cpu"
+        backend = ("onnxruntime-cpu" if artifact.endswith(".onnx")
+                   else "tensorrt" if artifact.endswith((".engine", ".plan")) else "torch-cpu")
     if backend == "onnxruntime-cpu":
         if not artifact.endswith(".onnx"):
             raise CompressorError(f"backend onnxruntime-cpu needs an .onnx artifact, got {artifact}")
         return onnx_runner(artifact, batch, threads)
+    if backend == "tensorrt":
+        from .gpu_backends import make_tensorrt_runner
+
+        return make_tensorrt_runner(artifact, batch)
+    if backend not in BACKENDS:
+        raise CompressorError(f"unknown bench backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    model, shape = model_loader(artifact)
     if backend == "torch-cpu":
-        model, shape = model_loader(artifact)
         return torch_runner(model, batch, threads, shape)
-    raise CompressorError(f"unknown bench backend {backend!r}; choose onnxruntime-cpu or torch-cpu")
+    if backend == "torch-cuda":
+        from .gpu_backends import make_torch_cuda_runner
+
+        return make_torch_cuda_runner(model, batch, fp16, cuda_graph, shape)
+    # torch-int8: our fused INT8 kernels (CUDA when present, CPU twins otherwise). Scales are calibrated on
+    # random inputs: they set values, not speed, so this measures latency only, never accuracy.
+    from .fusion import fold_batchnorm
+    from .kernels import build_int8_model, calibrate_input_scales, load_ops, make_torch_int8_runner
+
+    load_ops()
+    torch.set_num_threads(threads)
+    folded = fold_batchnorm(model.eval())
+    calib = [torch.randn(8, *shape, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    int8 = build_int8_model(folded, calibrate_input_scales(folded, calib), shape)
+    return make_torch_int8_runner(int8, batch, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def bench_onnx_pair(path_a: str | Path, path_b: str | Path | None, batch: int, settings: BenchSettings) -> list[dict]:

@@ -176,12 +176,16 @@ def passes():
 @click.option("--duration", default=3.0, type=float, help="Seconds of measurement per batch size and artifact.")
 @click.option("--iterations", default=10, type=int, help="Minimum measured inferences.")
 @click.option("--threads", default=2, type=int, help="Intra-op threads.")
-@click.option("--backend", default="auto", help="auto | onnxruntime-cpu | torch-cpu")
+@click.option("--backend", default="auto",
+              help="auto | onnxruntime-cpu | torch-cpu | torch-cuda | torch-int8 | tensorrt (GPU ones need a GPU).")
+@click.option("--fp16", is_flag=True, help="torch-cuda: run in FP16.")
+@click.option("--cuda-graph", is_flag=True, help="torch-cuda: replay one captured CUDA graph.")
 @click.option("--model", help="Architecture for a state_dict artifact (torch-cpu).")
 @click.option("--input-shape", default="3,32,32", help="C,H,W for torch artifacts.")
 @click.option("--vs", "other", help="A second artifact measured interleaved in the same run.")
 @click.option("--json", "json_path", help="Write the figures as JSON.")
-def bench(artifact, batch, warmup, duration, iterations, threads, backend, model, input_shape, other, json_path):
+def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16, cuda_graph, model, input_shape, other,
+          json_path):
     """Measure latency and throughput, printed as trtexec prints them."""
     from .bench import BenchSettings, format_summary, make_runner, measure, summarize
     from .models import load_user_model
@@ -203,9 +207,9 @@ def bench(artifact, batch, warmup, duration, iterations, threads, backend, model
     settings = BenchSettings(warmup, duration, iterations, threads)
     results: dict = {"artifact": artifact, "vs": other, "backend": backend, "threads": threads, "results": []}
     for b in batches:
-        runners = [make_runner(artifact, backend, b, threads, loader)]
+        runners = [make_runner(artifact, backend, b, threads, loader, fp16, cuda_graph)]
         if other:
-            runners.append(make_runner(other, backend, b, threads, loader))
+            runners.append(make_runner(other, backend, b, threads, loader, fp16, cuda_graph))
         measured = [summarize(lat, b, wall) for lat, wall in measure(runners, settings)]
         entry = {"batch": b, artifact: measured[0]}
         click.echo(format_summary(artifact, measured[0]))

@@ -66,3 +66,43 @@ def make_torch_cuda_runner(
         return start.elapsed_time(end)
 
     return run
+
+
+def make_tensorrt_runner(engine_path: str, batch: int, input_shape: tuple[int, ...] = (3, 32, 32)) -> Callable[[], float]:
+    """Run a serialized TensorRT engine (TensorRT 10 name-based I/O API) on torch-allocated CUDA buffers.
+
+    Written against TensorRT's documented Python API (Runtime.deserialize_cuda_engine, set_input_shape,
+    set_tensor_address, execute_async_v3); TensorRT cannot be installed on our development machines, so this
+    path has not been executed here.
+    """
+    from .export_tensorrt import _import_tensorrt
+
+    trt = _import_tensorrt()
+    device = require_cuda()
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(open(engine_path, "rb").read())
+    if engine is None:
+        raise CompressorError(f"{engine_path} is not a TensorRT engine for this TensorRT version and GPU")
+    context = engine.create_execution_context()
+    buffers = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+            context.set_input_shape(name, (batch, *input_shape))
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        shape = tuple(context.get_tensor_shape(name))
+        dtype = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int8: torch.int8}[engine.get_tensor_dtype(name)]
+        buffers[name] = torch.randn(shape, device=device).to(dtype)
+        context.set_tensor_address(name, buffers[name].data_ptr())
+    stream = torch.cuda.Stream()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def run() -> float:
+        start.record(stream)
+        context.execute_async_v3(stream.cuda_stream)
+        end.record(stream)
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    return run

@@ -1,0 +1,33 @@
+"""The ``fold_bn`` pass: Deploy-mode BatchNorm folding (You et al., ICLR 2024) as a pipeline stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from ..fusion import fold_batchnorm_with_plan
+from .base import Context, PassResult, register_pass
+
+
+@register_pass
+class FoldBatchNorm:
+    """Fold every BatchNorm that follows a Conv/ConvTranspose/Linear into its weights; the rest stay.
+
+    The result computes what the eval-mode model computes, and its ONNX export has no BatchNormalization
+    node for the folded pairs. ``details`` lists the folded pair count and each BN left alone with the reason.
+    """
+
+    name: ClassVar[str] = "fold_bn"
+
+    @dataclass
+    class Config:
+        """Deploy folding has no parameters: every pair that can be folded exactly is folded."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or self.Config()
+
+    def run(self, model: nn.Module, ctx: Context) -> PassResult:
+        plan = fold_batchnorm_with_plan(model)
+        return PassResult(model, details={"folded": len(plan.pairs), "left_unfolded": plan.describe_unfolded()})
