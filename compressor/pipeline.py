@@ -62,6 +62,10 @@ class Pipeline:
             raise CompressorError("no data given: set data.path in the recipe or pass --data")
         if "onnx_int8" in r.export and not any(p.name == "quantize" for p in r.passes):
             raise CompressorError("export onnx_int8 needs a quantize pass in the recipe's passes")
+        if "tensorrt" in r.export:
+            from .export_tensorrt import _import_tensorrt
+
+            _import_tensorrt()  # fail before any work when TensorRT is absent
         if r.budget.min_speedup is not None and not r.bench.enabled:
             raise CompressorError("budget.min_speedup needs bench.enabled: true (latency is measured by bench)")
 
@@ -179,8 +183,9 @@ class Pipeline:
         if "tensorrt" in r.export:
             from .export_tensorrt import build_engine
 
-            engine = build_engine(deployed, self.out_dir / "model.engine")
-            report.stages.append(StageRecord("export_tensorrt", "export", onnx_path=str(engine.name)))
+            precision = "int8" if deployed.name == "model_int8.onnx" else "fp16"
+            engine = build_engine(deployed, self.out_dir / "model.engine", precision=precision)
+            report.stages.append(StageRecord("export_tensorrt", "export", details={"engine": engine.name, "precision": precision}))
         report.deployed = deployed.name
         report.gate = evaluate_gate(report, r.budget)
         report.wall_seconds = time.perf_counter() - t_start

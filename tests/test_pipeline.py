@@ -10,6 +10,7 @@ import torch
 import yaml
 
 import compressor
+import compressor.errors
 from compressor.errors import GateFailed
 
 from .conftest import DEMO_DATA, DEMO_TEACHER
@@ -140,3 +141,17 @@ def test_bad_input_one_line_errors_and_no_partial_output(tmp_path, cli, monkeypa
     ro.mkdir()
     monkeypatch.setattr("compressor.pipeline.os.access", lambda path, mode: Path(path) != ro)
     _assert_clean_failure(cli, ro / "out", base + ["--weights", DEMO_TEACHER], "not writable")
+
+
+def test_tensorrt_export_fails_early_without_tensorrt(tmp_path):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    out = tmp_path / "trt"
+    with pytest.raises(compressor.errors.CompressorError, match="tensorrt extra"):
+        compressor.compress(demo_recipe(export=["onnx", "tensorrt"]), out, progress=False)
+    assert not out.exists()
