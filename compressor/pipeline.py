@@ -146,6 +146,9 @@ class Pipeline:
             result = PASSES[spec.name](spec.config).run(copy.deepcopy(model), ctx)
             model = result.model
             rec = StageRecord(name, "pass", details=dict(result.details))
+            for key, value in rec.details.items():  # figures are linked from report.md, relative to it
+                if key.endswith("_plot") and value:
+                    rec.details[key] = os.path.relpath(value, self.out_dir)
             rec.details["config"] = asdict(spec.config)
             seconds = time.perf_counter() - t0
             int8 = result.details.get("onnx_path")
@@ -178,7 +181,7 @@ class Pipeline:
             row = StageRecord("export_onnx_int8", "export", q.top1, q.delta_top1, q.agreement, q.params, q.macs,
                               str(int8_path.name), q.onnx_size_mb, q.latency_b1_p50_ms, q.throughput_b64_img_s)
             report.stages.append(row)
-            if q.details.get("int8_faster", True) or not q.details.get("fallback_to_fp32_if_slower", True):
+            if q.details.get("deploy", "int8") == "int8":
                 deployed = int8_path
         if "tensorrt" in r.export:
             from .export_tensorrt import build_engine

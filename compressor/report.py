@@ -61,7 +61,7 @@ class Report:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Report":
+    def from_dict(cls, d: dict) -> Report:
         d = dict(d)
         d.pop("gate_passed", None)
         return cls(
@@ -117,10 +117,11 @@ def render_markdown(report: Report) -> str:
             lines.append(f"| {g.limit} | {g.required:g} | {_fmt(g.actual, '.3f')} | "
                          f"{'pass' if g.passed else f'FAIL by {-g.margin:.3f}' if g.margin is not None else 'FAIL'} |")
         lines += ["", f"**Gate {'passed' if report.gate_passed else 'FAILED'}.**", ""]
+    # A pass names its figures in details keys ending in "_plot" (search histories, reward curves).
     for s in report.stages:
-        plots = s.details.get("plots", [])
-        for p in plots:
-            lines.append(f"![{s.stage}]({p})")
+        for key, value in s.details.items():
+            if key.endswith("_plot") and value:
+                lines.append(f"![{s.stage} {key}]({value})")
     lines += ["", "![accuracy vs latency](accuracy_latency.png)", ""]
     lines += ["## Run", "", f"- seed: {report.seed}", f"- wall time: {report.wall_seconds:.1f} s"]
     lines += [f"- {k}: {v}" for k, v in report.versions.items()]

@@ -9,7 +9,7 @@ can rewrite the shortcut's padding when channels are removed.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

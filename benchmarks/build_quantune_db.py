@@ -1,0 +1,56 @@
+"""Build the XGBoost tuner's warm-start database from real grid measurements.
+
+Reads the ``grid_<model>.json`` files that ``benchmarks/quant_search.py measure`` wrote (every configuration of the
+ort-cpu space measured as an INT8 QDQ model in ONNX Runtime on the validation split of the real CIFAR-10 JPEG
+data, with the shared teachers) and writes ``compressor/data/quantune_db.json``. The tuner leaves the current
+model out when it trains on this file.
+
+    python benchmarks/build_quantune_db.py [--grids out/quant_bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from compressor.quant.space import QuantConfig
+from compressor.quant.tuner import DEFAULT_DB
+
+
+def build(grid_dir: Path, out: Path = DEFAULT_DB) -> dict:
+    models = []
+    for path in sorted(grid_dir.glob("grid_*.json")):
+        g = json.loads(path.read_text())
+        results = [{"config": QuantConfig(**r["config"]).as_dict(), "val_top1": r["val_top1"]} for r in g["results"]]
+        models.append({
+            "model": g["model"], "descriptors": g["descriptors"], "fp32_val_top1": g["fp32_val_top1"],
+            "validation_images": g["validation_images"], "calibration_images": g["calibration_images"],
+            "results": results,
+        })
+    if len(models) < 2:
+        raise SystemExit(f"need grids of at least two models in {grid_dir}, found {len(models)}")
+    db = {
+        "about": "Real validation top-1 of INT8 QDQ models (ONNX Runtime CPU) per PTQ configuration; written by "
+                 "benchmarks/build_quantune_db.py from benchmarks/quant_search.py measurements.",
+        "models": models,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(db, indent=1))
+    os.replace(tmp, out)
+    return db
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grids", type=Path, default=Path("out/quant_bench"))
+    ap.add_argument("--out", type=Path, default=DEFAULT_DB)
+    args = ap.parse_args()
+    db = build(args.grids, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{m['model']} ({len(m['results'])} configs)" for m in db["models"]))
+
+
+if __name__ == "__main__":
+    main()

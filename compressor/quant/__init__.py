@@ -1,0 +1,21 @@
+"""Searched post-training INT8 quantization (Quantune, Lee et al., arXiv 2202.05048) emitting ONNX QDQ models.
+
+Stages joined by plain data: ``space`` (configurations and target restrictions) → ``calibrate`` (one statistics
+table per calibration size, ranges derived per clipping) → ``qdq`` (QDQ emission for ``ort-cpu`` or ``tensorrt``)
+→ ``problem`` (build + validate one configuration) → ``tuner`` (XGBoost / random / grid / GA search).
+``qdq_rules.check_tensorrt`` checks TensorRT's QDQ requirements; ``latency`` measures INT8 against FP32.
+"""
+
+from .calibrate import Calibrator, StatsTable
+from .latency import Latency, measure_interleaved, speed_check
+from .problem import QuantProblem
+from .qdq import quantize
+from .qdq_rules import check_tensorrt
+from .space import QuantConfig, config_space
+from .tuner import Budget, GeneticSearch, GridSearch, RandomSearch, XGBoostTuner, load_db, search
+
+__all__ = [
+    "Budget", "Calibrator", "GeneticSearch", "GridSearch", "Latency", "QuantConfig", "QuantProblem", "RandomSearch",
+    "StatsTable", "XGBoostTuner", "check_tensorrt", "config_space", "load_db", "measure_interleaved", "quantize",
+    "search", "speed_check",
+]

@@ -1,0 +1,92 @@
+"""ONNX Runtime CPU latency of an INT8 model against its FP32 model, measured interleaved in one process.
+
+The machine may be shared and its clock may drift, so the two models alternate round by round on the same input
+and each figure is a median over rounds; a speed-up measured on separate runs would mostly measure the noise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+@dataclass
+class Latency:
+    """Batch-1 median latency and batch-N throughput of one model."""
+
+    batch1_ms: float
+    throughput: float  # images per second at ``batch``
+    batch: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def session(model: onnx.ModelProto | str, threads: int = 2) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def _time(sess: ort.InferenceSession, x: np.ndarray, repeat: int) -> float:
+    name = sess.get_inputs()[0].name
+    t = time.perf_counter()
+    for _ in range(repeat):
+        sess.run(None, {name: x})
+    return (time.perf_counter() - t) / repeat
+
+
+def measure_interleaved(
+    models: dict[str, onnx.ModelProto | str], images: np.ndarray, batch: int = 64, threads: int = 2,
+    rounds: int = 7, repeat1: int = 30, repeat_batch: int = 5,
+) -> dict[str, Latency]:
+    """``images``: preprocessed float NCHW, at least ``batch`` of them. Models alternate within every round."""
+    sessions = {k: session(m, threads) for k, m in models.items()}
+    x1, xb = images[:1], images[:batch]
+    for s in sessions.values():  # warm-up: first runs allocate and pack weights
+        _time(s, x1, 3)
+        _time(s, xb, 1)
+    one: dict[str, list[float]] = {k: [] for k in sessions}
+    many: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            one[k].append(_time(s, x1, repeat1))
+            many[k].append(_time(s, xb, repeat_batch))
+    return {
+        k: Latency(float(np.median(one[k]) * 1e3), float(len(xb) / np.median(many[k])), len(xb)) for k in sessions
+    }
+
+
+def speed_check(fp32: Latency, int8: Latency, min_speedup: float = 1.0) -> dict:
+    """Is INT8 faster than FP32? Judged on batch throughput and batch-1 latency; both must beat ``min_speedup``."""
+    throughput_x = int8.throughput / fp32.throughput
+    latency_x = fp32.batch1_ms / int8.batch1_ms
+    faster = throughput_x >= min_speedup and latency_x >= min_speedup
+    return {
+        "int8_faster": bool(faster),
+        "throughput_speedup": round(throughput_x, 3),
+        "batch1_speedup": round(latency_x, 3),
+        "fp32": fp32.as_dict(),
+        "int8": int8.as_dict(),
+    }
+
+
+def deployment(int8_faster: bool, fallback_to_fp32_if_slower: bool) -> str:
+    """Which model to deploy: INT8 unless it is not faster and the fallback to FP32 is on."""
+    return "int8" if int8_faster or not fallback_to_fp32_if_slower else "fp32"
+
+
+def candidates(results: dict, tolerance: float, limit: int = 3) -> list:
+    """Configurations within ``tolerance`` points of the best validation top-1 (best first, at most ``limit``):
+    differences that small are noise on a validation split of a thousand images, so speed decides among them."""
+    best = max(results.values())
+    ranked = sorted((c for c, v in results.items() if v >= best - tolerance), key=lambda c: -results[c])
+    return ranked[:limit]

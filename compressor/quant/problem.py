@@ -1,0 +1,72 @@
+"""One model's quantization problem: build the INT8 QDQ model of any configuration and score it on validation.
+
+Everything expensive is done once and reused: the float graph is pre-processed once, statistics are collected
+once per calibration size (``Calibrator``), layer sensitivity once per non-precision configuration, and each
+configuration is evaluated at most once (``evaluations`` counts real evaluations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+
+from ..data import Preprocess, Split
+from .calibrate import Calibrator
+from .latency import session
+from .qdq import prepare_float, quantize
+from .sensitivity import layer_sensitivity, most_sensitive
+from .space import QuantConfig, config_space
+
+
+class QuantProblem:
+    """Build and evaluate QDQ models of ``model`` (float ONNX) for ``target``."""
+
+    def __init__(
+        self, model: onnx.ModelProto, calibration: Split, validation: Split, preprocess: Preprocess,
+        target: str = "ort-cpu", mixed_fraction: float = 0.1, sensitivity_images: int = 64,
+    ):
+        self.float_model = prepare_float(model)
+        self.calibrator = Calibrator(self.float_model, calibration, preprocess)
+        self.validation, self.preprocess, self.target = validation, preprocess, target
+        self.mixed_fraction = mixed_fraction
+        self._sens_x = preprocess(calibration.images[:sensitivity_images]).numpy()
+        self._float_layers: dict[QuantConfig, list[str]] = {}
+        self.results: dict[QuantConfig, float] = {}
+        self.evaluations = 0
+
+    def space(self) -> list[QuantConfig]:
+        return config_space(self.target, len(self.calibrator.split))
+
+    def float_layers(self, config: QuantConfig) -> list[str]:
+        """Layers kept in float for ``config``: none for all-int8, the most sensitive ones for mixed."""
+        if config.precision == "int8":
+            return []
+        base = dataclasses.replace(config, precision="int8")
+        if base not in self._float_layers:
+            ranges = self.calibrator.ranges(config.calibration, config.clipping)
+            qdq = quantize(self.float_model, ranges, base, self.target)
+            sens = layer_sensitivity(self.float_model, qdq, self._sens_x)
+            self._float_layers[base] = most_sensitive(sens, self.mixed_fraction)
+        return self._float_layers[base]
+
+    def build(self, config: QuantConfig) -> onnx.ModelProto:
+        ranges = self.calibrator.ranges(config.calibration, config.clipping)
+        return quantize(self.float_model, ranges, config, self.target, self.float_layers(config))
+
+    def evaluate(self, config: QuantConfig) -> float:
+        """Validation top-1 (percent) of the INT8 model, run in ONNX Runtime; cached per configuration."""
+        if config not in self.results:
+            self.evaluations += 1
+            self.results[config] = top1_onnx(self.build(config), self.validation, self.preprocess)
+        return self.results[config]
+
+
+def top1_onnx(model: onnx.ModelProto | str, split: Split, preprocess: Preprocess, batch: int = 250) -> float:
+    sess = session(model, threads=0)
+    name = sess.get_inputs()[0].name
+    logits = np.concatenate(
+        [sess.run(None, {name: preprocess(split.images[i : i + batch]).numpy()})[0] for i in range(0, len(split), batch)]
+    )
+    return float((logits.argmax(1) == split.labels).mean() * 100.0)

@@ -1,0 +1,93 @@
+"""The post-training quantization configuration space and what each deployment target allows.
+
+Follows Quantune (Lee et al., arXiv 2202.05048, 2022), whose five knobs come from the NEST-C/Glow quantizer:
+calibration size (1 / 1,000 / 10,000 images), clipping (max, KL entropy; we add percentile), scheme (asymmetric,
+symmetric, symmetric with uint8, power-of-two scales), granularity (per-tensor or per-channel weights) and
+precision (all-int8 or mixed, the most sensitive layers kept in float).
+
+How a scheme maps onto ONNX Runtime tensors (weights are always symmetric int8 with zero point 0, which the
+MLAS kernels need for their fast paths and TensorRT requires):
+
+- ``asymmetric``: uint8 activations with a zero point fitted to the range.
+- ``symmetric``: int8 activations, zero point 0 (the TensorRT scheme).
+- ``symmetric_uint8``: non-negative tensors (after ReLU) as uint8 with zero point 0, signed ones as uint8
+  symmetric around 128 (Glow's "symmetric with unsigned").
+- ``power_of_two``: ``symmetric_uint8`` with every activation, weight and bias scale rounded up to 2^k.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+CALIBRATION_SIZES = (1, 1000, 10000)
+CLIPPINGS = ("max", "entropy", "percentile")
+SCHEMES = ("asymmetric", "symmetric", "symmetric_uint8", "power_of_two")
+GRANULARITIES = ("per_tensor", "per_channel")
+PRECISIONS = ("int8", "mixed")
+KNOBS = {
+    "calibration": CALIBRATION_SIZES,
+    "clipping": CLIPPINGS,
+    "scheme": SCHEMES,
+    "granularity": GRANULARITIES,
+    "precision": PRECISIONS,
+}
+TARGETS = ("ort-cpu", "tensorrt")
+
+
+@dataclass(frozen=True, order=True)
+class QuantConfig:
+    """One point of the space. ``calibration`` is the nominal image count (capped by the calibration split)."""
+
+    calibration: int = 1000
+    clipping: str = "entropy"
+    scheme: str = "asymmetric"
+    granularity: str = "per_channel"
+    precision: str = "int8"
+
+    def __post_init__(self) -> None:
+        for knob, values in KNOBS.items():
+            if getattr(self, knob) not in values:
+                raise ValueError(f"QuantConfig.{knob}={getattr(self, knob)!r}; choose one of {list(values)}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def key(self) -> str:
+        return f"c{self.calibration}-{self.clipping}-{self.scheme}-{self.granularity}-{self.precision}"
+
+    def one_hot(self) -> list[float]:
+        """Quantune's feature encoding: one indicator per value of every knob."""
+        return [float(getattr(self, k) == v) for k, values in KNOBS.items() for v in values]
+
+
+def one_hot_names() -> list[str]:
+    return [f"{k}={v}" for k, values in KNOBS.items() for v in values]
+
+
+def allowed(config: QuantConfig, target: str) -> bool:
+    """TensorRT accepts only symmetric int8 with zero point 0 and per-output-channel weight scales."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown quantization target {target!r}; choose one of {list(TARGETS)}")
+    if target == "tensorrt":
+        return config.scheme == "symmetric" and config.granularity == "per_channel"
+    return True
+
+
+def config_space(target: str = "ort-cpu", max_calibration: int | None = None) -> list[QuantConfig]:
+    """Every allowed configuration, in a fixed order. Calibration sizes above ``max_calibration`` (the size of the
+    calibration split) collapse onto the cap, so only the smallest nominal size that reaches it is kept."""
+    sizes = list(CALIBRATION_SIZES)
+    if max_calibration is not None:
+        kept, seen = [], set()
+        for s in sizes:
+            eff = min(s, max_calibration)
+            if eff not in seen:
+                seen.add(eff)
+                kept.append(s)
+        sizes = kept
+    out = [
+        QuantConfig(*values)
+        for values in itertools.product(sizes, CLIPPINGS, SCHEMES, GRANULARITIES, PRECISIONS)
+    ]
+    return [c for c in out if allowed(c, target)]

@@ -1,0 +1,222 @@
+"""Search strategies over the quantization space: Quantune's XGBoost tuner and its random, grid and GA baselines.
+
+Quantune (Lee et al., arXiv 2202.05048, 2022): features are the one-hot configuration plus model descriptors
+(#nodes, #conv, #bn, #act, #skip, #depthwise, #pointwise, size in MB); an XGBoost regressor (reg:squarederror,
+eta 0.15, gamma 3, 200 rounds) trained on measurements of *other* models (leave-current-model-out transfer) and on
+what has been measured on this model so far predicts every unexplored configuration; the top prediction is
+measured, added, and the regressor refit. The label here is the accuracy change against the model's own FP32
+validation top-1, so measurements of models with different base accuracy share one scale.
+
+Every strategy proposes one unexplored configuration at a time; ``search`` owns the loop and the three stopping
+rules (evaluation budget, time budget, accuracy target), so all strategies are compared under the same budget.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnx
+from torch import nn
+
+from .space import KNOBS, QuantConfig
+
+DEFAULT_DB = Path(__file__).resolve().parent.parent / "data" / "quantune_db.json"
+DESCRIPTORS = ("nodes", "conv", "bn", "act", "skip", "depthwise", "pointwise", "size_mb")
+XGB_PARAMS = {"objective": "reg:squarederror", "eta": 0.15, "gamma": 3.0, "max_depth": 6, "nthread": 1}
+XGB_ROUNDS = 200
+
+
+def model_descriptors(module: nn.Module, float_onnx: onnx.ModelProto) -> dict[str, float]:
+    """Quantune's model descriptors: layer counts from the PyTorch module, node and skip counts from the graph."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    return {
+        "nodes": float(len(float_onnx.graph.node)),
+        "conv": float(len(convs)),
+        "bn": float(sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())),
+        "act": float(sum(isinstance(m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU)) for m in module.modules())),
+        "skip": float(sum(n.op_type in ("Add", "Sum") for n in float_onnx.graph.node)),
+        "depthwise": float(sum(c.groups > 1 and c.groups == c.in_channels for c in convs)),
+        "pointwise": float(sum(c.kernel_size == (1, 1) and c.groups == 1 for c in convs)),
+        "size_mb": sum(p.numel() * p.element_size() for p in module.parameters()) / 1e6,
+    }
+
+
+def features(config: QuantConfig, descriptors: dict[str, float]) -> list[float]:
+    return config.one_hot() + [float(descriptors[k]) for k in DESCRIPTORS]
+
+
+@dataclass
+class Record:
+    """One real measurement: a model (by name and descriptors), a configuration and its validation accuracy."""
+
+    model: str
+    descriptors: dict[str, float]
+    config: QuantConfig
+    val_top1: float
+    fp32_val_top1: float
+
+    @property
+    def delta(self) -> float:
+        return self.val_top1 - self.fp32_val_top1
+
+
+def load_db(path: str | Path = DEFAULT_DB) -> list[Record]:
+    """The shipped measurement database (``benchmarks/build_quantune_db.py`` writes it)."""
+    data = json.loads(Path(path).read_text())
+    out = []
+    for m in data["models"]:
+        for r in m["results"]:
+            out.append(Record(m["model"], m["descriptors"], QuantConfig(**r["config"]), r["val_top1"], m["fp32_val_top1"]))
+    return out
+
+
+@dataclass
+class Budget:
+    """Stop after ``max_evals`` evaluations, ``max_seconds`` of wall time, or once ``target_accuracy`` is reached."""
+
+    max_evals: int = 20
+    max_seconds: float | None = None
+    target_accuracy: float | None = None
+
+
+@dataclass
+class Step:
+    config: QuantConfig
+    val_top1: float
+    best: float
+    seconds: float
+
+
+@dataclass
+class SearchResult:
+    strategy: str
+    steps: list[Step] = field(default_factory=list)
+    stop: str = ""
+
+    @property
+    def best(self) -> Step:
+        return max(self.steps, key=lambda s: s.val_top1)
+
+    def curve(self) -> list[float]:
+        """Best accuracy so far after each evaluation."""
+        return [s.best for s in self.steps]
+
+    def as_dict(self) -> dict:
+        return {
+            "strategy": self.strategy, "stop": self.stop, "best_config": self.best.config.as_dict(),
+            "best_val_top1": self.best.val_top1, "curve": self.curve(),
+            "steps": [{"config": s.config.key(), "val_top1": s.val_top1, "seconds": round(s.seconds, 3)} for s in self.steps],
+        }
+
+
+class Strategy(Protocol):
+    name: str
+
+    def propose(self, measured: dict[QuantConfig, float], unexplored: list[QuantConfig], rng: random.Random) -> QuantConfig: ...
+
+
+class RandomSearch:
+    name = "random"
+
+    def propose(self, measured, unexplored, rng):
+        return rng.choice(unexplored)
+
+
+class GridSearch:
+    """Exhaustive enumeration in the space's fixed order."""
+
+    name = "grid"
+
+    def propose(self, measured, unexplored, rng):
+        return unexplored[0]
+
+
+class GeneticSearch:
+    """Steady-state genetic algorithm over the knobs: tournament selection, uniform crossover, per-knob mutation
+    (Quantune's GA baseline encodes the same knobs in 6–7 bits). Children already measured are re-drawn."""
+
+    name = "ga"
+
+    def __init__(self, population: int = 6, mutation: float = 0.25, tournament: int = 2):
+        self.population, self.mutation, self.tournament = population, mutation, tournament
+
+    def propose(self, measured, unexplored, rng):
+        if len(measured) < self.population:
+            return rng.choice(unexplored)
+        pool = sorted(measured.items(), key=lambda kv: -kv[1])[: max(self.population, len(measured) // 2)]
+        allowed = set(unexplored)
+        for _ in range(50):
+            a, b = (max(rng.sample(pool, min(self.tournament, len(pool))), key=lambda kv: kv[1])[0] for _ in range(2))
+            child = {}
+            for knob, values in KNOBS.items():
+                child[knob] = getattr(a if rng.random() < 0.5 else b, knob)
+                if rng.random() < self.mutation:
+                    child[knob] = rng.choice(values)
+            cand = QuantConfig(**child)
+            if cand in allowed:
+                return cand
+        return rng.choice(unexplored)
+
+
+class XGBoostTuner:
+    """Quantune's transfer + online tuner: refit on (database of other models + this model so far), measure the
+    top-predicted unexplored configuration."""
+
+    name = "xgboost"
+
+    def __init__(self, descriptors: dict[str, float], fp32_top1: float, db: list[Record] = (), model_name: str = ""):
+        self.descriptors, self.fp32 = descriptors, fp32_top1
+        # Leave the current model out of the transfer data: same name, or same architecture (descriptors).
+        self.db = [r for r in db if r.model != model_name and r.descriptors != descriptors]
+
+    def propose(self, measured, unexplored, rng):
+        import xgboost as xgb
+
+        x = [features(r.config, r.descriptors) for r in self.db] + [features(c, self.descriptors) for c in measured]
+        y = [r.delta for r in self.db] + [v - self.fp32 for v in measured.values()]
+        if len(x) < 2:
+            return rng.choice(unexplored)
+        booster = xgb.train({**XGB_PARAMS, "seed": rng.randrange(2**31)}, xgb.DMatrix(np.asarray(x), label=np.asarray(y)),
+                            num_boost_round=XGB_ROUNDS)
+        pred = booster.predict(xgb.DMatrix(np.asarray([features(c, self.descriptors) for c in unexplored])))
+        best = np.flatnonzero(pred >= pred.max() - 1e-9)
+        return unexplored[int(best[rng.randrange(len(best))])]
+
+
+def search(
+    strategy: Strategy, space: list[QuantConfig], evaluate: Callable[[QuantConfig], float], budget: Budget,
+    seed: int = 0, clock: Callable[[], float] = time.perf_counter,
+) -> SearchResult:
+    """Measure one proposed configuration at a time until a budget or the accuracy target stops the search."""
+    rng = random.Random(f"{strategy.name}:{seed}")  # own stream per strategy, so the GA's start differs
+    measured: dict[QuantConfig, float] = {}
+    result = SearchResult(strategy.name)
+    start = clock()
+    best = -np.inf
+    while True:
+        unexplored = [c for c in space if c not in measured]
+        if not unexplored:
+            result.stop = "space exhausted"
+            break
+        if len(measured) >= budget.max_evals:
+            result.stop = "evaluation budget"
+            break
+        if budget.max_seconds is not None and clock() - start >= budget.max_seconds:
+            result.stop = "time budget"
+            break
+        config = strategy.propose(measured, unexplored, rng)
+        acc = evaluate(config)
+        measured[config] = acc
+        best = max(best, acc)
+        result.steps.append(Step(config, acc, best, clock() - start))
+        if budget.target_accuracy is not None and best >= budget.target_accuracy:
+            result.stop = "accuracy target"
+            break
+    return result

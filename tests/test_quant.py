@@ -1,0 +1,277 @@
+"""Quantune-style PTQ: QDQ emission per target, TensorRT rules, one calibration per size, tuner, speed check."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import random
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+from onnxruntime import quantization as ortq
+
+from compressor.data import Preprocess, load_dataset, make_splits
+from compressor.export import export_onnx
+from compressor.passes.base import Context
+from compressor.passes.quantize import Quantize
+from compressor.quant.calibrate import Calibrator, StatsTable
+from compressor.quant.latency import Latency, candidates, deployment, speed_check
+from compressor.quant.problem import QuantProblem, top1_onnx
+from compressor.quant.qdq import quantize
+from compressor.quant.qdq_rules import check_tensorrt
+from compressor.quant.space import QuantConfig, config_space
+from compressor.quant.tuner import (
+    DEFAULT_DB,
+    Budget,
+    GeneticSearch,
+    RandomSearch,
+    XGBoostTuner,
+    features,
+    load_db,
+    search,
+)
+from compressor.zoo import ZOO
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DATA = ROOT / "demo" / "cifar10-demo.tar.gz"
+DEMO_TEACHER = ROOT / "demo" / "cifar10_resnet20.pt"
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return make_splits(load_dataset(DEMO_DATA), 0, validation=500, calibration=500)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    model = ZOO["cifar_resnet20"]()
+    model.load_state_dict(torch.load(DEMO_TEACHER, weights_only=True))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def problem(splits, teacher, tmp_path_factory):
+    path = export_onnx(teacher, tmp_path_factory.mktemp("quant") / "fp32.onnx", (3, 32, 32))
+    return QuantProblem(onnx.load(path), splits.calibration, splits.validation, Preprocess())
+
+
+@pytest.fixture(scope="module")
+def fp32_val(problem, splits):
+    return top1_onnx(problem.float_model, splits.validation, Preprocess())
+
+
+def optimized_op_counts(model: onnx.ModelProto, tmp_path: Path) -> collections.Counter:
+    """Op types ORT actually runs after its graph optimisations (QDQ fusion, layout)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+
+
+def test_ort_cpu_qdq_is_valid_accurate_and_fully_integer(problem, splits, fp32_val, tmp_path):
+    qdq = problem.build(QuantConfig(1000, "max", "asymmetric", "per_channel", "int8"))
+    onnx.checker.check_model(qdq, full_check=True)
+    acc = top1_onnx(qdq, splits.validation, Preprocess())
+    assert acc >= fp32_val - 2.0, (acc, fp32_val)
+    ops = optimized_op_counts(qdq, tmp_path)
+    # Every conv and residual add runs as an integer kernel; no float Conv/Add/Pad island is left.
+    assert ops["QLinearConv"] == 19 and ops["Conv"] == 0, ops
+    assert ops["QLinearAdd"] == 9 and ops["Add"] == 0, ops
+    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1, ops
+    assert ops["Transpose"] <= 2, ops
+
+
+def test_power_of_two_scales(problem, splits, fp32_val):
+    qdq = problem.build(QuantConfig(1000, "max", "power_of_two", "per_channel", "int8"))
+    scales = [numpy_helper.to_array(i) for i in qdq.graph.initializer if i.name.endswith("scale")]
+    assert scales
+    for s in scales:
+        assert np.allclose(np.exp2(np.round(np.log2(s))), s), s
+    assert top1_onnx(qdq, splits.validation, Preprocess()) >= fp32_val - 3.0
+
+
+def test_tensorrt_target_is_compliant(problem, splits, fp32_val):
+    ranges = problem.calibrator.ranges(1000, "max")
+    trt = quantize(problem.float_model, ranges, QuantConfig(1000, "max", "symmetric", "per_channel", "int8"), "tensorrt")
+    onnx.checker.check_model(trt, full_check=True)
+    inits = {i.name: numpy_helper.to_array(i) for i in trt.graph.initializer}
+    qdq_nodes = [n for n in trt.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq_nodes
+    for n in qdq_nodes:
+        assert np.all(inits[n.input[2]] == 0) and inits[n.input[2]].dtype == np.int8, n.name
+    producers = {o: n for n in trt.graph.node for o in n.output}
+    for conv in (n for n in trt.graph.node if n.op_type == "Conv"):
+        dq = producers[conv.input[1]]
+        assert dq.op_type == "DequantizeLinear"
+        assert inits[dq.input[1]].shape == (inits[dq.input[0]].shape[0],)  # one scale per output channel
+        assert producers[conv.input[0]].op_type == "DequantizeLinear"
+    assert not any(n.op_type.startswith("QLinear") or n.op_type.endswith("Integer") for n in trt.graph.node)
+    assert check_tensorrt(trt) == []
+    assert top1_onnx(trt, splits.validation, Preprocess()) >= fp32_val - 2.0
+
+
+def test_check_tensorrt_flags_a_bad_model(problem, splits, tmp_path):
+    bad = problem.build(QuantConfig(1000, "max", "asymmetric", "per_tensor", "int8"))  # ort-cpu emission
+    problems = check_tensorrt(bad)
+    assert any("non-zero zero point" in p for p in problems)
+    assert any("per-tensor" in p for p in problems)
+    bad.opset_import[0].version = 11
+    assert any("opset 11" in p for p in check_tensorrt(bad))
+    # QOperator format from ORT's own quantizer is rejected node by node.
+    pp = Preprocess()
+
+    class Reader(ortq.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": pp(splits.calibration.images[:50]).numpy()}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    src, dst = tmp_path / "f.onnx", tmp_path / "qop.onnx"
+    onnx.save(problem.float_model, src)
+    ortq.quantize_static(str(src), str(dst), Reader(), quant_format=ortq.QuantFormat.QOperator)
+    assert any("QOperator node QLinearConv" in p for p in check_tensorrt(onnx.load(dst)))
+
+
+def test_statistics_collected_once_per_calibration_size(problem, splits):
+    cal = Calibrator(problem.float_model, splits.calibration.subset(np.arange(200)), Preprocess())
+    for size in (1, 1000, 10000):
+        for clipping in ("max", "entropy", "percentile"):
+            cal.ranges(size, clipping)
+    assert cal.runs == 2  # 1000 and 10000 both cap at the 200 images given
+    table = cal.table(1000)
+    assert table.images == 200
+    again = StatsTable.from_dict(table.as_dict())  # plain and serialisable
+    name = next(iter(table.tensors))
+    assert np.array_equal(again.tensors[name].hist, table.tensors[name].hist)
+    lo, hi = cal.ranges(1000, "max")[name]
+    elo, ehi = cal.ranges(1000, "entropy")[name]
+    assert lo <= elo <= ehi <= hi
+    # A search through the problem reuses the problem's own tables: evaluations add no calibration runs.
+    problem.calibrator.table(10000)
+    runs = problem.calibrator.runs
+    for cfg in (QuantConfig(1000, "entropy", "asymmetric", "per_channel", "int8"),
+                QuantConfig(10000, "percentile", "symmetric_uint8", "per_tensor", "int8"),
+                QuantConfig(1000, "max", "power_of_two", "per_channel", "mixed")):
+        problem.evaluate(cfg)
+    assert problem.calibrator.runs == runs
+
+
+def test_mixed_precision_keeps_measured_sensitive_layers_in_float(problem):
+    cfg = QuantConfig(1, "max", "asymmetric", "per_tensor", "mixed")
+    kept = problem.float_layers(cfg)
+    assert len(kept) == 2  # 10 % of 20 weighted layers
+    qdq = problem.build(cfg)
+    producers = {o: n for n in qdq.graph.node for o in n.output}
+    for node in (n for n in qdq.graph.node if n.name in kept):
+        assert node.input[1] not in producers or producers[node.input[1]].op_type != "DequantizeLinear"
+
+
+def _synthetic_accuracy(config: QuantConfig) -> float:
+    """A deterministic landscape with structure the regressor can learn."""
+    score = 90.0 + {"max": 0.0, "entropy": 0.6, "percentile": 0.4}[config.clipping]
+    score += {"asymmetric": 0.3, "symmetric": -1.0, "symmetric_uint8": 0.2, "power_of_two": -0.5}[config.scheme]
+    score += 0.5 * (config.granularity == "per_channel") + 0.2 * (config.precision == "mixed")
+    return score - 3.0 * (config.calibration == 1)
+
+
+def test_tuners_are_reproducible_and_respect_budgets():
+    space = config_space("ort-cpu", 500)
+    desc = {"nodes": 50.0, "conv": 19.0, "bn": 19.0, "act": 19.0, "skip": 9.0, "depthwise": 0.0, "pointwise": 0.0,
+            "size_mb": 1.1}
+    runs = [search(XGBoostTuner(desc, 92.0), space, _synthetic_accuracy, Budget(8), seed=3) for _ in range(2)]
+    assert [s.config for s in runs[0].steps] == [s.config for s in runs[1].steps]
+    assert len(runs[0].steps) == 8 and runs[0].stop == "evaluation budget"
+    other = search(XGBoostTuner(desc, 92.0), space, _synthetic_accuracy, Budget(8), seed=4)
+    assert [s.config for s in other.steps] != [s.config for s in runs[0].steps]
+    for strategy in (RandomSearch(), GeneticSearch()):
+        res = search(strategy, space, _synthetic_accuracy, Budget(30), seed=0)
+        assert len({s.config for s in res.steps}) == len(res.steps) == 30
+        assert res.curve() == sorted(res.curve())
+    best = max(_synthetic_accuracy(c) for c in space)
+    hit = search(RandomSearch(), space, _synthetic_accuracy, Budget(len(space), None, best), seed=0)
+    assert hit.stop == "accuracy target" and hit.best.val_top1 == best
+    ticks = iter(range(100))
+    timed = search(RandomSearch(), space, _synthetic_accuracy, Budget(50, 3.0), seed=0, clock=lambda: next(ticks))
+    assert timed.stop == "time budget" and len(timed.steps) < 50
+
+
+def test_xgboost_learns_from_measurements():
+    space = config_space("ort-cpu", 500)
+    desc = {"nodes": 50.0, "conv": 19.0, "bn": 19.0, "act": 19.0, "skip": 9.0, "depthwise": 0.0, "pointwise": 0.0,
+            "size_mb": 1.1}
+    best = max(_synthetic_accuracy(c) for c in space)
+    xgb_evals = [len(search(XGBoostTuner(desc, 92.0), space, _synthetic_accuracy, Budget(len(space), None, best),
+                            seed=s).steps) for s in range(2)]
+    rnd_evals = [len(search(RandomSearch(), space, _synthetic_accuracy, Budget(len(space), None, best),
+                            seed=s).steps) for s in range(2)]
+    assert np.mean(xgb_evals) < np.mean(rnd_evals), (xgb_evals, rnd_evals)
+
+
+def test_warm_start_database_loads():
+    records = load_db(DEFAULT_DB)
+    models = {r.model for r in records}
+    assert len(models) >= 2 and len(records) >= 48
+    assert all(isinstance(r.config, QuantConfig) and 0 <= r.val_top1 <= 100 for r in records)
+    r0 = records[0]
+    assert len(features(r0.config, r0.descriptors)) == len(r0.config.one_hot()) + 8
+    tuner = XGBoostTuner(r0.descriptors, r0.fp32_val_top1, records, r0.model)
+    assert tuner.db and all(r.model != r0.model for r in tuner.db)  # leave-current-model-out
+    rng = random.Random(0)
+    assert tuner.propose({}, config_space("ort-cpu"), rng) in config_space("ort-cpu")
+
+
+def test_speed_check_logic():
+    fp32 = Latency(batch1_ms=0.70, throughput=2000.0, batch=64)
+    fast = speed_check(fp32, Latency(0.35, 4200.0, 64))
+    assert fast["int8_faster"] and fast["throughput_speedup"] == 2.1 and fast["batch1_speedup"] == 2.0
+    slow = speed_check(fp32, Latency(1.40, 1100.0, 64))
+    assert not slow["int8_faster"]
+    assert not speed_check(fp32, Latency(0.35, 2100.0, 64), min_speedup=1.5)["int8_faster"]
+    assert deployment(True, True) == "int8" and deployment(False, True) == "fp32" and deployment(False, False) == "int8"
+    assert candidates({"a": 97.0, "b": 97.3, "c": 97.2, "d": 97.25, "e": 96.0}, 0.1) == ["b", "d", "c"]
+    assert candidates({"a": 97.0, "b": 97.3, "c": 97.2}, 0.05) == ["b"]
+
+
+def test_quantize_pass_reports_and_falls_back_when_int8_is_slower(splits, teacher, tmp_path, monkeypatch):
+    def slower_int8(models, images, batch, threads):
+        assert "fp32" in models and 1 <= len(models) - 1 <= 4
+        return {k: Latency(0.5, 3000.0, batch) if k == "fp32" else Latency(1.0, 1500.0, batch) for k in models}
+
+    monkeypatch.setattr(Quantize, "measure_latency", staticmethod(slower_int8))
+    small = dataclasses.replace(splits, calibration=splits.calibration.subset(np.arange(100)),
+                                validation=splits.validation.subset(np.arange(200)))
+    ctx = Context(small, teacher, Preprocess(), (3, 32, 32), tmp_path, seed=0)
+    cfg = Quantize.Config(max_evals=2, baselines=("random",), warm_start_db="none")
+    result = Quantize(cfg).run(teacher, ctx)
+    d = result.details
+    assert Path(d["onnx_path"]).exists() and Path(d["history_plot"]).exists()
+    assert d["int8_faster"] is False and d["deploy"] == "fp32" and "not faster" in d["speed_note"]
+    assert d["val_top1"] >= d["fp32_val_top1"] - 3.0
+    assert d["calibration_runs"] <= 2 and [s["strategy"] for s in d["search"]] == ["xgboost", "random"]
+    assert result.model is teacher
+
+
+def test_quantize_pass_deploys_a_faster_int8_candidate(splits, teacher, tmp_path, monkeypatch):
+    def only_fusable_is_fast(models, images, batch, threads):
+        # Keys are "int8:<config key>"; pretend only fully fusable emissions (not symmetric int8, no float layers)
+        # beat FP32, as measured on this CPU.
+        def fast(k):
+            return "-symmetric-" not in k and k.endswith("-int8")
+        return {k: Latency(0.5, 3000.0, batch) if k == "fp32" else
+                Latency(0.25, 6000.0, batch) if fast(k) else Latency(1.0, 1500.0, batch) for k in models}
+
+    monkeypatch.setattr(Quantize, "measure_latency", staticmethod(only_fusable_is_fast))
+    small = dataclasses.replace(splits, calibration=splits.calibration.subset(np.arange(100)),
+                                validation=splits.validation.subset(np.arange(200)))
+    ctx = Context(small, teacher, Preprocess(), (3, 32, 32), tmp_path, seed=1)
+    d = Quantize(Quantize.Config(max_evals=4, strategy="grid", speed_accuracy_budget=100.0)).run(teacher, ctx).details
+    assert d["int8_faster"] is True and d["deploy"] == "int8" and d["throughput_speedup"] == 2.0
+    assert d["config"]["scheme"] != "symmetric" and d["config"]["precision"] == "int8"
