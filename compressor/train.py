@@ -99,6 +99,6 @@ def distill(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.detach().item())
     student.eval()
     return losses
