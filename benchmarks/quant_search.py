@@ -191,6 +191,7 @@ def latency(args: argparse.Namespace) -> None:
             ops = ", ".join(f"{o} {c}" for o, c in v["op_types"].items())
             print(f"| {k} | {v['batch1_ms']:.2f} | {v['throughput']:.0f} | "
                   f"{v['throughput'] / out[name]['fp32']['throughput']:.2f} | {ops} |", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latency.json").write_text(json.dumps(out, indent=1))
 
 
