@@ -24,8 +24,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple, dataclass, field, fields, replace
@@ -40,6 +38,7 @@ from tqdm.auto import tqdm
 from .data import Preprocess, Split
 from .errors import CompressorError
 from .metrics import count_macs, count_params
+from .serialize import atomic_torch_save
 from .train import FinetuneConfig, distill
 from .zoo import Add
 
@@ -541,16 +540,6 @@ class SearchResult:
     details: dict[str, Any]
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 class N2NSearch:
     """Two-stage N2N search on ``parent`` with knowledge distilled from ``ctx.teacher``.
 
@@ -612,11 +601,11 @@ class N2NSearch:
             raise CompressorError(f"n2n: cannot warm-start from policy file {path}: {exc}".splitlines()[0]) from None
 
     def save_policy(self, path: str | Path) -> Path:
-        _atomic_save({"removal": self.removal.state_dict(), "shrink": self.shrink.state_dict()}, Path(path))
+        atomic_torch_save({"removal": self.removal.state_dict(), "shrink": self.shrink.state_dict()}, Path(path))
         return Path(path)
 
     def _checkpoint(self) -> None:
-        _atomic_save({
+        atomic_torch_save({
             "fingerprint": self.fingerprint,
             "removal": self.removal.state_dict(), "shrink": self.shrink.state_dict(),
             "removal_opt": self.removal_opt.state_dict(), "shrink_opt": self.shrink_opt.state_dict(),

@@ -136,8 +136,8 @@ def plot_accuracy_latency(report: Report, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for s in report.stages:
-        if s.top1 is not None and s.latency_b1_p50_ms is not None:
+    for s in report.stages:  # export rows repeat their stage's figures, so only teacher and passes are drawn
+        if s.kind != "export" and s.top1 is not None and s.latency_b1_p50_ms is not None:
             ax.scatter(s.latency_b1_p50_ms, s.top1)
             ax.annotate(s.stage, (s.latency_b1_p50_ms, s.top1), fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("ORT-CPU p50 latency, batch 1 (ms)")

@@ -64,14 +64,19 @@ def save_model(model: nn.Module, path: str | Path, meta: dict | None = None) -> 
         "meta": json.dumps(meta or {}),
         "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
     }
+    atomic_torch_save(payload, path)
+    return path
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    """torch.save to a temporary name, then rename, so a crash never leaves a half-written file."""
     fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def _resolve(class_path: str, allowed: tuple[str, ...]) -> type:
