@@ -71,13 +71,9 @@ def measure(runners: list[Runner], settings: BenchSettings) -> list[tuple[list[f
 
 
 def onnx_runner(path: str | Path, batch: int, threads: int, input_shape: tuple[int, ...] | None = None) -> Runner:
-    import onnxruntime as ort
+    from .export import ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(path, threads)
     inp = sess.get_inputs()[0]
     shape = input_shape or tuple(d if isinstance(d, int) else 1 for d in inp.shape[1:])
     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)

@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .errors import CompressorError
+from .files import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 TEST_NAMES = ("test", "val")
@@ -185,9 +186,8 @@ def load_dataset(path: str | Path, use_cache: bool = True) -> Dataset:
         arrays = {"test_images": ds.test.images, "test_labels": ds.test.labels, "classes": np.asarray(ds.classes)}
         if ds.train is not None:
             arrays.update(train_images=ds.train.images, train_labels=ds.train.labels)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            np.savez(tmp, **arrays)
     return ds
 
 

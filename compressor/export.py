@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from torch import nn
 
 from .data import Preprocess, Split
 from .errors import CompressorError
+from .files import atomic_path
 from .metrics import predict
 
 OPSET = 17
@@ -28,6 +27,7 @@ class Parity:
     images: int
     max_abs_logit_diff: float
     top1_agreement: float  # percent
+    ort_logits: np.ndarray = field(repr=False, default=None)  # what ONNX Runtime produced, for reuse
 
     def as_dict(self) -> dict:
         return {"images": self.images, "max_abs_logit_diff": self.max_abs_logit_diff, "top1_agreement": self.top1_agreement}
@@ -38,31 +38,30 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     path = Path(path)
     model = model.eval()
     dummy = torch.zeros(1, *input_shape)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
     try:
-        with warnings.catch_warnings():
+        with atomic_path(path) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (dummy,), tmp, input_names=["input"], output_names=["logits"], opset_version=opset,
+                model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=opset,
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
             )
-        onnx.checker.check_model(onnx.load(tmp), full_check=True)
-        os.replace(tmp, path)
+            onnx.checker.check_model(onnx.load(tmp), full_check=True)
+    except CompressorError:
+        raise
     except Exception as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, CompressorError):
-            raise
         raise CompressorError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     return path
 
 
-def ort_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
+def ort_session(model: str | Path | onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session (all graph optimisations) on a file or an in-memory model; threads=0 lets ORT choose."""
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
 def ort_predict(session: ort.InferenceSession, split: Split, preprocess: Preprocess, batch_size: int = 500) -> np.ndarray:
@@ -83,7 +82,7 @@ def check_parity(
     """
     ref = predict(model, split, preprocess) if reference is None else reference
     got = ort_predict(ort_session(path), split, preprocess)
-    parity = Parity(len(split), float(np.abs(got - ref).max()), float((got.argmax(1) == ref.argmax(1)).mean() * 100))
+    parity = Parity(len(split), float(np.abs(got - ref).max()), float((got.argmax(1) == ref.argmax(1)).mean() * 100), got)
     if parity.max_abs_logit_diff > atol or parity.top1_agreement < min_agreement:
         raise CompressorError(
             f"ONNX parity check failed for {path}: max |Δlogit| {parity.max_abs_logit_diff:.2e} (limit {atol:.0e}), "

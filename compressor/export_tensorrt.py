@@ -9,8 +9,6 @@ References: TensorRT developer guide, "Working with Quantized Types" and "Strong
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import CompressorError
+from .files import atomic_path
 
 PRECISIONS = ("int8", "fp16", "fp32")
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
@@ -143,8 +142,6 @@ def build_engine(
     if serialized is None:
         raise CompressorError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".engine", dir=engine_path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(bytes(serialized))
-    os.replace(tmp, engine_path)
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(bytes(serialized))
     return engine_path

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import CompressorError
+from .files import atomic_path
 
 
 @dataclass
@@ -87,10 +87,8 @@ def versions() -> dict[str, str]:
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(text.encode() if isinstance(text, str) else text)
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -145,11 +143,9 @@ def plot_accuracy_latency(report: Report, path: Path) -> None:
     ax.set_title("accuracy vs latency per stage")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(report: Report, out_dir: Path) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import CompressorError
+from .files import atomic_path
 
 FORMAT = "compressor-model/1"
 DEFAULT_ALLOWED = ("torch.nn.", "compressor.")
@@ -69,14 +68,9 @@ def save_model(model: nn.Module, path: str | Path, meta: dict | None = None) -> 
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary name, then rename, so a crash never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """torch.save under a temporary name, renamed on success."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _resolve(class_path: str, allowed: tuple[str, ...]) -> type:

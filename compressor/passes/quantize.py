@@ -9,8 +9,6 @@ pipeline deploys INT8 when it is not faster is ``fallback_to_fp32_if_slower``'s 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -20,6 +18,7 @@ from torch import nn
 
 from ..errors import CompressorError
 from ..export import export_onnx
+from ..files import atomic_path
 from ..quant.latency import candidates, deployment, measure_interleaved, speed_check
 from ..quant.problem import QuantProblem, top1_onnx
 from ..quant.qdq_rules import check_tensorrt
@@ -42,14 +41,8 @@ STRATEGIES = ("xgboost", "random", "ga", "grid")
 
 
 def save_atomic(model: onnx.ModelProto, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -69,11 +62,9 @@ def plot_history(results: list[SearchResult], fp32_top1: float, path: Path) -> P
     ax.set_title("INT8 configuration search")
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ..export import ort_session
+
 
 @dataclass
 class Latency:
@@ -26,14 +28,6 @@ class Latency:
         return asdict(self)
 
 
-def session(model: onnx.ModelProto | str, threads: int = 2) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
 def _time(sess: ort.InferenceSession, x: np.ndarray, repeat: int) -> float:
@@ -49,7 +43,7 @@ def measure_interleaved(
     rounds: int = 7, repeat1: int = 30, repeat_batch: int = 5,
 ) -> dict[str, Latency]:
     """``images``: preprocessed float NCHW, at least ``batch`` of them. Models alternate within every round."""
-    sessions = {k: session(m, threads) for k, m in models.items()}
+    sessions = {k: ort_session(m, threads) for k, m in models.items()}
     x1, xb = images[:1], images[:batch]
     for s in sessions.values():  # warm-up: first runs allocate and pack weights
         _time(s, x1, 3)

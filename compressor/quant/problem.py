@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import onnx
 
 from ..data import Preprocess, Split
+from ..export import ort_predict, ort_session
+from ..metrics import top1
 from .calibrate import Calibrator
-from .latency import session
 from .qdq import prepare_float, quantize
 from .sensitivity import layer_sensitivity, most_sensitive
 from .space import QuantConfig, config_space
@@ -64,9 +64,4 @@ class QuantProblem:
 
 
 def top1_onnx(model: onnx.ModelProto | str, split: Split, preprocess: Preprocess, batch: int = 250) -> float:
-    sess = session(model, threads=0)
-    name = sess.get_inputs()[0].name
-    logits = np.concatenate(
-        [sess.run(None, {name: preprocess(split.images[i : i + batch]).numpy()})[0] for i in range(0, len(split), batch)]
-    )
-    return float((logits.argmax(1) == split.labels).mean() * 100.0)
+    return top1(ort_predict(ort_session(model), split, preprocess, batch), split.labels)
