@@ -142,7 +142,9 @@ def parse_passes(items: Any) -> list[PassSpec]:
         ((name, params),) = item.items()
         if name not in PASSES:
             raise CompressorError(f"recipe: passes[{i}] names unknown pass {name!r} (available: {', '.join(sorted(PASSES))})")
-        specs.append(PassSpec(name, from_dict(PASSES[name].Config, params, f"passes[{i}].{name}")))
+        config = from_dict(PASSES[name].Config, params, f"passes[{i}].{name}")
+        PASSES[name](config)  # a pass checks its values when built: fail here, before any work is done
+        specs.append(PassSpec(name, config))
     return specs
 
 

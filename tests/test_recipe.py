@@ -25,6 +25,11 @@ def test_recipe_errors_name_key_path():
         parse_recipe({"export": ["pdf"]})
     with pytest.raises(CompressorError, match=r"seed must be int, got bool"):
         parse_recipe({"seed": True})
+    # Values a pass rejects fail at parse time, before any work starts.
+    with pytest.raises(CompressorError, match=r"unknown criterion 'magic'"):
+        parse_recipe({"passes": [{"prune": {"criterion": "magic"}}]})
+    with pytest.raises(CompressorError, match=r"quantize.target='gpu'"):
+        parse_recipe({"passes": [{"quantize": {"target": "gpu"}}]})
 
 
 def test_recipe_defaults_and_round_trip():
