@@ -44,7 +44,9 @@ def main() -> None:
     p.add_argument("--steps-per-step", type=int, default=200, help="fine-tuning SGD steps after each step")
     p.add_argument("--final-steps", type=int, default=5000, help="fine-tuning SGD steps at the end")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.001, help="peak LR (cosine); BN stays frozen, 0.01 diverges")
+    p.add_argument("--lr", type=float, default=0.001, help="peak LR (cosine); with --bn frozen keep it ≤ 0.002")
+    p.add_argument("--bn", default="frozen", choices=["frozen", "train"],
+                   help="BatchNorm while fine-tuning: frozen (Tune mode, small lr) or train (batch statistics)")
     p.add_argument("--no-tune-mode", action="store_true", help="fine-tune conv → BN in Eval instead of Tune mode")
     p.add_argument("--validation", type=int, default=1000)
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on a seeded subset of the test split")
@@ -68,7 +70,7 @@ def main() -> None:
         criterion=args.criterion, target_macs_reduction=args.macs_reduction, schedule=args.schedule,
         step=args.step, scope=args.scope, global_ranking=not args.per_layer, finetune_steps=args.steps_per_step,
         final_finetune_steps=args.final_steps, batch_size=args.batch_size, lr=args.lr,
-        tune_mode=not args.no_tune_mode,
+        tune_mode=not args.no_tune_mode, bn=args.bn,
     )
     result = Prune(config).run(teacher, ctx)
     base = top1(predict(teacher, test, pre), test.labels)

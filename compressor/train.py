@@ -1,8 +1,12 @@
 """The one fine-tuning loop every pass uses: knowledge distillation from the teacher plus cross-entropy.
 
-BatchNorm stays frozen (running statistics, eval mode) while the rest trains, which is what lets the loop run
-in Tune mode (You et al., ICLR 2024): each conv→BN pair becomes one convolution whose weights are folded
-differentiably on every forward, saving the activation memory of the separate BN.
+Two BatchNorm modes. ``bn: frozen`` (default) keeps BN on its running statistics while the rest trains, which
+is what lets the loop run in Tune mode (You et al., ICLR 2024): each conv→BN pair becomes one convolution whose
+weights are folded differentiably on every forward, saving the activation memory of the separate BN. It suits
+short fine-tunes but needs a small rate: a frozen BN divides by running σ, so a channel with a tiny variance
+turns a normal SGD step into a huge one (measured: lr 0.004 sends a pruned ResNet-56 to 7.8 % in 300 steps).
+``bn: train`` normalises with batch statistics (and updates the running ones), the usual way to retrain a pruned
+network for many epochs at rates around 0.01–0.05; Tune mode does not apply there (it is defined for Eval).
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ class FinetuneConfig:
     temperature: float = 4.0
     tune_mode: bool = True
     augment: bool = True
+    bn: str = "frozen"  # "frozen" (running statistics, Tune mode applies) or "train" (batch statistics)
+
+    def __post_init__(self) -> None:
+        if self.bn not in ("frozen", "train"):
+            raise ValueError(f"bn must be 'frozen' or 'train', not {self.bn!r}")
 
 
 def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -75,9 +84,11 @@ def distill(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
     losses: list[float] = []
     student.train()
-    _freeze_bn(student)
+    frozen = config.bn == "frozen"
+    if frozen:
+        _freeze_bn(student)
     order, pos = rng.permutation(len(data)), 0
-    with tune_mode(student, enabled=config.tune_mode):
+    with tune_mode(student, enabled=config.tune_mode and frozen):
         for _ in tqdm(range(config.steps), desc=desc, disable=not progress, leave=False):
             if pos + config.batch_size > len(order):
                 order, pos = rng.permutation(len(data)), 0

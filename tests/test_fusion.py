@@ -7,6 +7,7 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -395,3 +396,21 @@ def test_fold_bn_pass_is_registered(teacher):
     assert result.details["folded"] == 19 and result.details["left_unfolded"] == []
     result = cls(cls.Config()).run(TwoConsumers().eval(), ctx=None)
     assert result.details["folded"] == 0 and "2 consumers" in result.details["left_unfolded"][0]
+
+
+@pytest.mark.parametrize("bn", ["frozen", "train"])
+def test_distill_bn_modes(teacher, demo_splits, bn):
+    """``bn: frozen`` leaves every BN's running statistics untouched (and runs in Tune mode, which needs that);
+    ``bn: train`` normalises with batch statistics and so moves them."""
+    from compressor.train import FinetuneConfig, distill
+
+    student = copy.deepcopy(teacher)
+    before = {n: b.clone() for n, b in student.named_buffers() if n.endswith("running_mean")}
+    losses = distill(student, teacher, demo_splits.finetune, Preprocess(), FinetuneConfig(steps=2, batch_size=16, bn=bn),
+                     progress=False)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    moved = [not torch.equal(before[n], b) for n, b in student.named_buffers() if n in before]
+    assert (not any(moved)) if bn == "frozen" else all(moved)
+    assert not student.training
+    with pytest.raises(ValueError, match="bn must be"):
+        FinetuneConfig(bn="eval")

@@ -19,6 +19,7 @@ from compressor.data import Preprocess, load_dataset, make_splits
 from compressor.export import export_onnx
 from compressor.passes.base import Context
 from compressor.passes.quantize import Quantize
+from compressor.quant import qdq as qdq_module
 from compressor.quant.calibrate import Calibrator, StatsTable
 from compressor.quant.latency import Latency, candidates, deployment, speed_check
 from compressor.quant.problem import QuantProblem, top1_onnx
@@ -86,6 +87,21 @@ def test_ort_cpu_qdq_is_valid_accurate_and_fully_integer(problem, splits, fp32_v
     assert ops["QLinearAdd"] == 9 and ops["Add"] == 0, ops
     assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1, ops
     assert ops["Transpose"] <= 2, ops
+
+
+def test_stem_input_channels_padded_to_four_without_changing_outputs(problem, splits, monkeypatch):
+    config = QuantConfig(1000, "entropy", "asymmetric", "per_channel", "int8")
+    padded = problem.build(config)
+    monkeypatch.setattr(qdq_module, "pad_input_channels", lambda model, multiple=4: 0)
+    plain = problem.build(config)
+    onnx.checker.check_model(padded, full_check=True)
+    shapes = {i.name: tuple(i.dims) for i in padded.graph.initializer}
+    conv_weights = [shapes[i] for i in shapes if i.endswith("_quantized") and len(shapes[i]) == 4]
+    assert (16, 4, 3, 3) in conv_weights and all(s[1] % 4 == 0 for s in conv_weights), conv_weights
+    x = Preprocess()(splits.validation.images[:64]).numpy()
+    outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+               for m in (padded, plain)]
+    np.testing.assert_array_equal(*outputs)
 
 
 def test_power_of_two_scales(problem, splits, fp32_val):

@@ -47,7 +47,8 @@ class PruneConfig:
       (Evci et al., "Mean Replacement Pruning", 2018); off by default because it gives bias-free convs a bias.
     * lrp_abs, lrp_normalize, lrp_residual: see :class:`~compressor.criteria.LRPCriterion`.
     * finetune_steps (after every step), final_finetune_steps (at the end) and the remaining fields configure
-      :func:`compressor.train.distill` (KD from the teacher + cross-entropy, BN frozen).
+      :func:`compressor.train.distill` (KD from the teacher + cross-entropy). bn: "frozen" (running statistics,
+      Tune mode; keep lr ≤ 0.002) or "train" (batch statistics; the usual long retraining at lr ≈ 0.01).
     """
 
     criterion: str = "lrp"
@@ -66,14 +67,17 @@ class PruneConfig:
     lrp_residual: str = "proportional"
     finetune_steps: int = 0
     final_finetune_steps: int = 0
-    lr: float = 0.001  # BN is frozen while fine-tuning; 0.01 diverges on the CIFAR ResNet teachers
+    lr: float = 0.001  # with bn "frozen", 0.004 already diverges on a pruned ResNet-56 (see train.py)
     batch_size: int = 128
     kd_loss: str = "kl"
     kd_weight: float = 1.0
     ce_weight: float = 1.0
     tune_mode: bool = True
+    bn: str = "frozen"
 
     def validate(self) -> None:
+        if self.bn not in ("frozen", "train"):
+            raise CompressorError(f"prune: bn must be 'frozen' or 'train', got {self.bn!r}")
         if self.criterion not in CRITERIA:
             raise CompressorError(f"prune: unknown criterion {self.criterion!r} (choose from {', '.join(CRITERIA)})")
         if self.target_macs_reduction is None and not 0 < self.target_ratio < 1:
@@ -104,7 +108,7 @@ class PruneConfig:
     def finetune(self, steps: int) -> FinetuneConfig:
         return FinetuneConfig(
             steps=steps, batch_size=self.batch_size, lr=self.lr, kd_loss=self.kd_loss, kd_weight=self.kd_weight,
-            ce_weight=self.ce_weight, tune_mode=self.tune_mode,
+            ce_weight=self.ce_weight, tune_mode=self.tune_mode, bn=self.bn,
         )
 
 

@@ -36,7 +36,8 @@ def layer_sensitivity(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, 
         ref_out, got_out = fvals[fout], qvals[qout]
         if ref_out.min() >= 0:  # ORT folded the following ReLU into this node's output name
             got_out = np.maximum(got_out, 0)
-        out[name] = _sqnr(fvals[fin], qvals[qin]) - _sqnr(ref_out, got_out)
+        got_in = qvals[qin][:, : fvals[fin].shape[1]]  # the stem's input may carry zero padding channels (qdq.py)
+        out[name] = _sqnr(fvals[fin], got_in) - _sqnr(ref_out, got_out)
     return out
 
 
