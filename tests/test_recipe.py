@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from compressor.errors import CompressorError
-from compressor.recipe import parse_recipe, to_dict
+from compressor.recipe import parse_recipe, read_recipe_file, to_dict
 from compressor.serialize import load_model, save_model
 from compressor.zoo import ZOO
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_parse(path):
+    recipe = parse_recipe(read_recipe_file(path))
+    assert recipe.model.name in ZOO and recipe.seed == 0
 
 
 def test_recipe_errors_name_key_path():
@@ -28,6 +36,8 @@ def test_recipe_errors_name_key_path():
     # Values a pass rejects fail at parse time, before any work starts.
     with pytest.raises(CompressorError, match=r"unknown criterion 'magic'"):
         parse_recipe({"passes": [{"prune": {"criterion": "magic"}}]})
+    with pytest.raises(CompressorError, match=r"bn must be 'frozen' or 'train'"):
+        parse_recipe({"passes": [{"prune": {"bn": "eval"}}]})
     with pytest.raises(CompressorError, match=r"quantize.target='gpu'"):
         parse_recipe({"passes": [{"quantize": {"target": "gpu"}}]})
 
