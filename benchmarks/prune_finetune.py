@@ -23,6 +23,7 @@ from compressor.data import Preprocess, load_dataset, make_splits
 from compressor.metrics import count_macs, count_params, predict, top1
 from compressor.passes.base import Context
 from compressor.passes.prune import Prune, PruneConfig
+from compressor.serialize import save_model
 from compressor.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the result (config, steps, test top-1) to this path")
+    p.add_argument("--save", help="save the pruned, fine-tuned model here (compressor.serialize format, no pickle)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +93,8 @@ def main() -> None:
         print(f"| {s['step']}{tag} | {s['rate']:.3f} | {s['macs'] / 1e6:.2f} | {s['params']:,} | {s['val_top1']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
+    if args.save:
+        save_model(result.model, args.save, {"benchmark": "prune_finetune", "args": vars(args)})
 
 
 if __name__ == "__main__":
