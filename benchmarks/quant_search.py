@@ -111,28 +111,13 @@ def measure(args: argparse.Namespace) -> None:
             "validation_images": len(splits.validation), "calibration_images": len(splits.calibration), "results": [],
         }
         space = problem.space()
-        old = reusable_rows(args, name, fp32_val, len(splits.validation))
-        print(f"[{name}] fp32 val {fp32_val:.2f}; grid of {len(space)} configurations, {len(old)} reused", flush=True)
+        print(f"[{name}] fp32 val {fp32_val:.2f}; grid of {len(space)} configurations", flush=True)
         for i, config in enumerate(space):
-            if config in old:
-                row = old[config]
-                problem.results[config] = row["val_top1"]
-                record["results"].append({**row, "reused": True})
-                continue
             t = time.perf_counter()
             acc = problem.evaluate(config)
             dt = time.perf_counter() - t
             record["results"].append({"config": config.as_dict(), "val_top1": acc, "seconds": round(dt, 3)})
             print(f"  {i + 1:3d}/{len(space)} {config.key():55s} val {acc:6.2f}  {dt:5.1f}s", flush=True)
-        # Spot check of the reuse claim: re-measure the first reused row of each calibration size.
-        checks = {}
-        for c in old:
-            if c.calibration not in checks:
-                checks[c.calibration] = {"config": c.key(), "earlier": old[c]["val_top1"],
-                                         "now": top1_onnx(problem.build(c), splits.validation, pp)}
-        if checks:
-            record["reuse_check"] = list(checks.values())
-            print(f"  reuse check: {record['reuse_check']}", flush=True)
         record["calibration_runs"] = problem.calibrator.runs
         # The most accurate configuration, and the fastest of those within 0.1 point of it (what the pass deploys).
         pool = candidates(problem.results, 0.1, 3)
@@ -166,24 +151,6 @@ def measure(args: argparse.Namespace) -> None:
         print(json.dumps({k: record[k] for k in ("model", "best_config", "selected_config", "test_top1", "latency",
                                                   "op_types", "calibration_runs", "wall_seconds")}, indent=1),
               flush=True)
-
-
-def reusable_rows(args: argparse.Namespace, name: str, fp32_val: float, validation: int) -> dict:
-    """With --reuse: rows of an earlier grid for the same model, validation split and seed, for calibration sizes
-    that grid really measured. The calibrator takes the first N images of the calibration split and the split's
-    first images do not depend on its length, so such a row is the same measurement (two are re-measured as a check)."""
-    path = args.out / f"grid_{name}.json"
-    if not args.reuse or not path.exists():
-        return {}
-    g = json.loads(path.read_text())
-    if g["validation_images"] != validation or abs(g["fp32_val_top1"] - fp32_val) > 1e-9:
-        raise SystemExit(f"--reuse: {path} was measured on another validation split; run without --reuse")
-    rows = {}
-    for r in g["results"]:
-        c = QuantConfig(**r["config"])
-        if min(c.calibration, g["calibration_images"]) == c.calibration:  # not collapsed onto a smaller split
-            rows[c] = {k: v for k, v in r.items() if k != "reused"}
-    return rows
 
 
 class SimClock:
@@ -286,8 +253,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--out", type=Path, default=Path("out/quant_bench"))
-    ap.add_argument("--reuse", action="store_true",
-                    help="measure: keep an earlier grid's rows whose calibration size it really measured")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     {"measure": measure, "search": replay, "latency": latency}[args.phase](args)

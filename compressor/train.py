@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 
 from .data import Preprocess, Split
 
+BN_MODES = ("frozen", "train")
+
 
 @dataclass
 class FinetuneConfig:
@@ -40,7 +42,7 @@ class FinetuneConfig:
     bn: str = "frozen"  # "frozen" (running statistics, Tune mode applies) or "train" (batch statistics)
 
     def __post_init__(self) -> None:
-        if self.bn not in ("frozen", "train"):
+        if self.bn not in BN_MODES:
             raise ValueError(f"bn must be 'frozen' or 'train', not {self.bn!r}")
 
 

@@ -25,7 +25,7 @@ from ..data import Preprocess, Split
 from ..dependency import DependencyGraph, Group
 from ..errors import CompressorError
 from ..metrics import count_macs, count_params
-from ..train import FinetuneConfig, distill
+from ..train import BN_MODES, FinetuneConfig, distill
 from .base import Context, PassResult, register_pass
 
 
@@ -76,7 +76,7 @@ class PruneConfig:
     bn: str = "frozen"
 
     def validate(self) -> None:
-        if self.bn not in ("frozen", "train"):
+        if self.bn not in BN_MODES:
             raise CompressorError(f"prune: bn must be 'frozen' or 'train', got {self.bn!r}")
         if self.criterion not in CRITERIA:
             raise CompressorError(f"prune: unknown criterion {self.criterion!r} (choose from {', '.join(CRITERIA)})")

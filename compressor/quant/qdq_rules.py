@@ -12,16 +12,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .qdq import attribute
+
 QOPERATOR_OPS = {
     "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "QLinearConcat",
     "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearLeakyRelu", "QLinearSigmoid", "QGemm",
     "DynamicQuantizeLinear", "QLinearReduceMean", "QLinearSoftmax", "QAttention",
 }
 WEIGHT_AXIS = {"Conv": 0, "Gemm": 0, "ConvTranspose": 1}
-
-
-def _axis(node: onnx.NodeProto) -> int:
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
 
 
 def check_tensorrt(model: onnx.ModelProto) -> list[str]:
@@ -64,12 +62,12 @@ def check_tensorrt(model: onnx.ModelProto) -> list[str]:
                 w = inits.get(q.input[0])
             channels = None if w is None else w.shape[WEIGHT_AXIS[n.op_type]]
             if n.op_type == "Gemm" and w is not None:
-                trans_b = next((onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "transB"), 0)
+                trans_b = attribute(n, "transB", 0)
                 channels = w.shape[0] if trans_b else w.shape[1]
             if scale is None or scale.ndim == 0 or scale.size == 1 and (channels or 1) > 1:
                 out.append(f"{n.name}: weight scale is per-tensor; TensorRT wants one scale per output channel")
-            elif n.op_type != "Gemm" and _axis(dq) != WEIGHT_AXIS[n.op_type]:
-                out.append(f"{n.name}: weight scale axis {_axis(dq)}, expected {WEIGHT_AXIS[n.op_type]} ({n.op_type})")
+            elif n.op_type != "Gemm" and (axis := attribute(dq, "axis", 1)) != WEIGHT_AXIS[n.op_type]:
+                out.append(f"{n.name}: weight scale axis {axis}, expected {WEIGHT_AXIS[n.op_type]} ({n.op_type})")
             if n.input[0] in producers and producers[n.input[0]].op_type != "DequantizeLinear":
                 out.append(f"{n.name}: activation input {n.input[0]} is not quantized")
         if n.op_type == "Add" and all(i not in inits for i in n.input):
