@@ -69,6 +69,9 @@ def main() -> None:
     ap.add_argument("--final-lr", type=float, default=0.001)
     ap.add_argument("--final-steps", type=int, default=80)
     ap.add_argument("--final-batch", type=int, default=64)
+    ap.add_argument("--bn", default="frozen", choices=["frozen", "train"], help="BatchNorm while students train")
+    ap.add_argument("--final-bn", default="frozen", choices=["frozen", "train"],
+                    help="BatchNorm in the final fine-tune (N2N's best student and both baselines)")
     ap.add_argument("--test-images", type=int, default=0, help="report on a seeded subset of the test split (0: all)")
     ap.add_argument("--no-resume", action="store_true")
     args = ap.parse_args()
@@ -89,13 +92,13 @@ def main() -> None:
     pre = Preprocess()
     ctx = Context(splits, teacher, pre, INPUT, out, seed=args.seed, progress=True)
     final = FinetuneConfig(steps=args.final_steps, batch_size=args.final_batch, lr=args.final_lr, kd_loss="mse",
-                           ce_weight=1.0, tune_mode=False)
+                           ce_weight=1.0, tune_mode=False, bn=args.final_bn)
     config = N2NConfig(
         removal_iterations=args.removal_iterations, shrink_iterations=args.shrink_iterations,
         rollouts=args.rollouts, student_steps=args.student_steps, student_batch_size=args.student_batch,
         student_lr=args.student_lr, subset_size=args.subset, final_steps=args.final_steps, final_lr=args.final_lr,
         final_batch_size=args.final_batch,
-        final_kd_loss="mse", final_ce_weight=1.0,
+        final_kd_loss="mse", final_ce_weight=1.0, bn=args.bn, final_bn=args.final_bn,
         tune_mode=False, resume=not args.no_resume,
     )
 
@@ -147,7 +150,7 @@ def main() -> None:
     print(f"N2N search: {search_seconds / 60:.1f} min, {result.details['budget']['candidates_measured']} students "
           f"trained ({args.removal_iterations}+{args.shrink_iterations} iterations x {args.rollouts} rollouts x "
           f"{args.student_steps} steps of {args.student_batch}); fine-tune {args.final_steps} steps of "
-          f"{args.final_batch} (KD-MSE + CE) for every compressed model; block scores: {how}")
+          f"{args.final_batch} (KD-MSE + CE, BN {args.final_bn}) for every compressed model; block scores: {how}")
     print(f"{'method':28s} {'params':>9s} {'xP':>5s} {'MACs(M)':>8s} {'xM':>5s} {'val%':>6s} {'test%':>6s} {'sec':>6s}")
     for r in rows:
         print(f"{r['method']:28s} {r['params']:9,d} {r['compression_params']:5.2f} {r['macs'] / 1e6:8.2f} "

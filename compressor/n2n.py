@@ -39,7 +39,7 @@ from .data import Preprocess, Split
 from .errors import CompressorError
 from .metrics import count_macs, count_params
 from .serialize import atomic_torch_save
-from .train import FinetuneConfig, distill
+from .train import BN_MODES, FinetuneConfig, distill
 from .zoo import Add
 
 if TYPE_CHECKING:
@@ -469,7 +469,9 @@ class N2NConfig:
     and 0.1); hidden: LSTM width (30); scales: stage-2 width choices (default: the reference set, repeats kept);
     baseline_decay: moving average of iteration-mean rewards used as baseline. kd_loss "mse" is the paper's
     logit MSE (ce_weight 0: no hard labels in the search); with SGD it needs a small rate (student_lr and
-    final_lr 0.001: at 0.01 a ResNet-56 student with removed blocks diverged within five steps).
+    final_lr 0.001: at 0.01 a ResNet-56 student with removed blocks diverged within five steps). bn / final_bn:
+    BatchNorm during the students' and the final fine-tune, "frozen" (running statistics) or "train" (batch
+    statistics, which re-fits the statistics a removed block leaves stale and takes rates around 0.01).
     size_measure: "params" (paper) or "macs" for C; max_params / max_macs: hard limits enforced by the annealed
     penalty over penalty_epochs iterations. fixed: module names never removed or shrunk. final_*: the best
     student's fine-tune (KD + CE on the whole fine-tune split). policy_init: a saved ``n2n_policy.pt`` to
@@ -501,6 +503,8 @@ class N2NConfig:
     final_batch_size: int = 128
     final_kd_loss: str = "mse"
     final_ce_weight: float = 1.0
+    bn: str = "frozen"
+    final_bn: str = "frozen"
     tune_mode: bool = True
     policy_init: str = ""
     resume: bool = True
@@ -513,11 +517,14 @@ class N2NConfig:
             raise CompressorError("n2n: kd_loss and final_kd_loss must be 'mse' (the paper's logit MSE) or 'kl'")
         if self.rollouts < 1:
             raise CompressorError("n2n: rollouts must be at least 1")
+        if self.bn not in BN_MODES or self.final_bn not in BN_MODES:
+            raise CompressorError(f"n2n: bn and final_bn must be one of {list(BN_MODES)}, "
+                                  f"not {self.bn!r} / {self.final_bn!r}")
 
     def search_fingerprint(self, *extra: object) -> str:
         """Everything that changes the search trajectory except the iteration counts (which may be extended)."""
         skip = {"removal_iterations", "shrink_iterations", "final_steps", "final_lr", "final_batch_size",
-                "final_kd_loss", "final_ce_weight", "tune_mode", "resume"}
+                "final_kd_loss", "final_ce_weight", "final_bn", "tune_mode", "resume"}
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         return hashlib.sha256(repr((sorted(d.items()), extra)).encode()).hexdigest()[:16]
 
@@ -581,7 +588,7 @@ class N2NSearch:
             ctx.seed, [astuple(layer) for layer in self.table.layers], count_params(parent))
         subset = np.random.default_rng(ctx.seed).permutation(len(ctx.splits.finetune))[: config.subset_size]
         finetune = FinetuneConfig(steps=config.student_steps, batch_size=config.student_batch_size, lr=config.student_lr,
-                                  kd_loss=config.kd_loss, ce_weight=config.ce_weight, tune_mode=False)
+                                  kd_loss=config.kd_loss, ce_weight=config.ce_weight, tune_mode=False, bn=config.bn)
         self.evaluator = StudentEvaluator(parent, self.table, ctx.teacher, ctx.splits.finetune.subset(np.sort(subset)),
                                           ctx.preprocess, ctx.validation_top1, self.input_shape, finetune, ctx.seed,
                                           config.fixed)
@@ -750,7 +757,8 @@ class N2NSearch:
         self.plot(self.out_dir / self.PLOT)
         student = build_student(self.parent, self.table, candidate, self.input_shape, cfg.fixed)
         final = FinetuneConfig(steps=cfg.final_steps, batch_size=cfg.final_batch_size, lr=cfg.final_lr,
-                               kd_loss=cfg.final_kd_loss, ce_weight=cfg.final_ce_weight, tune_mode=cfg.tune_mode)
+                               kd_loss=cfg.final_kd_loss, ce_weight=cfg.final_ce_weight, tune_mode=cfg.tune_mode,
+                               bn=cfg.final_bn)
         distill(student, ctx.teacher, ctx.splits.finetune, ctx.preprocess, final, seed=ctx.seed,
                 progress=ctx.progress, desc="n2n fine-tune best")
         details = {

@@ -262,3 +262,14 @@ def test_pass_writes_search_files_and_plain_details(tmp_path, demo_splits, teach
     assert details["budget"]["candidates_measured"] == 1 and len(details["history"]) == 1
     assert details["best"]["params"] == count_params(result.model)
     assert details["teacher"]["params"] == 269_722
+
+
+@pytest.mark.parametrize("bn", ["frozen", "train"])
+def test_bn_mode_decides_whether_students_refit_batchnorm(tmp_path, demo_splits, teacher, bn):
+    """Frozen BN keeps the teacher's running statistics through search and fine-tune; train BN re-fits them."""
+    config = N2NConfig(**dict(TINY, removal_iterations=1, shrink_iterations=0, rollouts=1, bn=bn, final_bn=bn))
+    result = N2NSearch(teacher, _ctx(demo_splits, teacher, tmp_path), config).run()
+    moved = not torch.equal(result.model.bn1.running_mean, teacher.bn1.running_mean)
+    assert moved == (bn == "train")
+    with pytest.raises(CompressorError, match="bn"):
+        N2NConfig(final_bn="batch")

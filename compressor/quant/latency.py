@@ -28,8 +28,6 @@ class Latency:
         return asdict(self)
 
 
-
-
 def _time(sess: ort.InferenceSession, x: np.ndarray, repeat: int) -> float:
     name = sess.get_inputs()[0].name
     t = time.perf_counter()
