@@ -468,7 +468,7 @@ class N2NConfig:
     candidate is measured once). removal_lr / shrink_lr: Adam rates of the two policies (reference code: 0.003
     and 0.1); hidden: LSTM width (30); scales: stage-2 width choices (default: the reference set, repeats kept);
     baseline_decay: moving average of iteration-mean rewards used as baseline. kd_loss "mse" is the paper's
-    logit MSE (ce_weight 0: no hard labels in the search); with SGD it needs a small rate (student_lr and
+    logit MSE (ce_weight 0: no hard labels in the search); with frozen BN it needs a small rate (student_lr and
     final_lr 0.001: at 0.01 a ResNet-56 student with removed blocks diverged within five steps). bn / final_bn:
     BatchNorm during the students' and the final fine-tune, "frozen" (running statistics) or "train" (batch
     statistics, which re-fits the statistics a removed block leaves stale and takes rates around 0.01).
