@@ -25,7 +25,7 @@ from compressor.data import Preprocess, load_dataset, make_splits
 from compressor.metrics import count_macs, count_params, predict, top1
 from compressor.n2n import Candidate, N2NConfig, N2NSearch, build_student, describe_layers
 from compressor.passes import Context
-from compressor.train import FinetuneConfig, distill
+from compressor.train import BN_MODES, FinetuneConfig, distill
 from compressor.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +69,8 @@ def main() -> None:
     ap.add_argument("--final-lr", type=float, default=0.001)
     ap.add_argument("--final-steps", type=int, default=80)
     ap.add_argument("--final-batch", type=int, default=64)
-    ap.add_argument("--bn", default="frozen", choices=["frozen", "train"], help="BatchNorm while students train")
-    ap.add_argument("--final-bn", default="frozen", choices=["frozen", "train"],
+    ap.add_argument("--bn", default="frozen", choices=BN_MODES, help="BatchNorm while students train")
+    ap.add_argument("--final-bn", default="frozen", choices=BN_MODES,
                     help="BatchNorm in the final fine-tune (N2N's best student and both baselines)")
     ap.add_argument("--test-images", type=int, default=0, help="report on a seeded subset of the test split (0: all)")
     ap.add_argument("--no-resume", action="store_true")

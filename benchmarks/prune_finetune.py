@@ -24,6 +24,7 @@ from compressor.metrics import count_macs, count_params, predict, top1
 from compressor.passes.base import Context
 from compressor.passes.prune import Prune, PruneConfig
 from compressor.serialize import save_model
+from compressor.train import BN_MODES
 from compressor.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def main() -> None:
     p.add_argument("--final-steps", type=int, default=5000, help="fine-tuning SGD steps at the end")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.001, help="peak LR (cosine); with --bn frozen keep it ≤ 0.002")
-    p.add_argument("--bn", default="frozen", choices=["frozen", "train"],
+    p.add_argument("--bn", default="frozen", choices=BN_MODES,
                    help="BatchNorm while fine-tuning: frozen (Tune mode, small lr) or train (batch statistics)")
     p.add_argument("--no-tune-mode", action="store_true", help="fine-tune conv → BN in Eval instead of Tune mode")
     p.add_argument("--validation", type=int, default=1000)

@@ -39,7 +39,7 @@ from .data import Preprocess, Split
 from .errors import CompressorError
 from .metrics import count_macs, count_params
 from .serialize import atomic_torch_save
-from .train import BN_MODES, FinetuneConfig, distill
+from .train import FinetuneConfig, check_bn_modes, distill
 from .zoo import Add
 
 if TYPE_CHECKING:
@@ -517,9 +517,7 @@ class N2NConfig:
             raise CompressorError("n2n: kd_loss and final_kd_loss must be 'mse' (the paper's logit MSE) or 'kl'")
         if self.rollouts < 1:
             raise CompressorError("n2n: rollouts must be at least 1")
-        if self.bn not in BN_MODES or self.final_bn not in BN_MODES:
-            raise CompressorError(f"n2n: bn and final_bn must be one of {list(BN_MODES)}, "
-                                  f"not {self.bn!r} / {self.final_bn!r}")
+        check_bn_modes("n2n", bn=self.bn, final_bn=self.final_bn)
 
     def search_fingerprint(self, *extra: object) -> str:
         """Everything that changes the search trajectory except the iteration counts (which may be extended)."""

@@ -20,8 +20,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Preprocess, Split
+from .errors import CompressorError
 
 BN_MODES = ("frozen", "train")
+
+
+def check_bn_modes(owner: str, **modes: str) -> None:
+    """A pass's BN-mode settings, checked when its recipe is parsed so a typo fails before any work."""
+    for key, value in modes.items():
+        if value not in BN_MODES:
+            raise CompressorError(f"{owner}: {key} must be 'frozen' or 'train', not {value!r}")
 
 
 @dataclass

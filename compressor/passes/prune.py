@@ -25,7 +25,7 @@ from ..data import Preprocess, Split
 from ..dependency import DependencyGraph, Group
 from ..errors import CompressorError
 from ..metrics import count_macs, count_params
-from ..train import BN_MODES, FinetuneConfig, distill
+from ..train import FinetuneConfig, check_bn_modes, distill
 from .base import Context, PassResult, register_pass
 
 
@@ -76,8 +76,7 @@ class PruneConfig:
     bn: str = "frozen"
 
     def validate(self) -> None:
-        if self.bn not in BN_MODES:
-            raise CompressorError(f"prune: bn must be 'frozen' or 'train', got {self.bn!r}")
+        check_bn_modes("prune", bn=self.bn)
         if self.criterion not in CRITERIA:
             raise CompressorError(f"prune: unknown criterion {self.criterion!r} (choose from {', '.join(CRITERIA)})")
         if self.target_macs_reduction is None and not 0 < self.target_ratio < 1:
