@@ -25,7 +25,7 @@ from compressor.data import Preprocess, load_dataset, make_splits
 from compressor.metrics import count_macs, count_params, predict, top1
 from compressor.n2n import Candidate, N2NConfig, N2NSearch, build_student, describe_layers
 from compressor.passes import Context
-from compressor.train import BN_MODES, FinetuneConfig, distill
+from compressor.train import BN_MODES, PRECISIONS, FinetuneConfig, distill
 from compressor.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +72,10 @@ def main() -> None:
     ap.add_argument("--bn", default="frozen", choices=BN_MODES, help="BatchNorm while students train")
     ap.add_argument("--final-bn", default="frozen", choices=BN_MODES,
                     help="BatchNorm in the final fine-tune (N2N's best student and both baselines)")
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                    help="students and fine-tunes: fp32, or bf16 autocast (CPUs with native bfloat16)")
+    ap.add_argument("--min-compression", type=float, default=None,
+                    help="hard limit: at least this many times fewer parameters than the teacher (paper's penalty)")
     ap.add_argument("--test-images", type=int, default=0, help="report on a seeded subset of the test split (0: all)")
     ap.add_argument("--no-resume", action="store_true")
     args = ap.parse_args()
@@ -92,14 +96,15 @@ def main() -> None:
     pre = Preprocess()
     ctx = Context(splits, teacher, pre, INPUT, out, seed=args.seed, progress=True)
     final = FinetuneConfig(steps=args.final_steps, batch_size=args.final_batch, lr=args.final_lr, kd_loss="mse",
-                           ce_weight=1.0, tune_mode=False, bn=args.final_bn)
+                           ce_weight=1.0, tune_mode=False, bn=args.final_bn, precision=args.precision)
     config = N2NConfig(
         removal_iterations=args.removal_iterations, shrink_iterations=args.shrink_iterations,
         rollouts=args.rollouts, student_steps=args.student_steps, student_batch_size=args.student_batch,
         student_lr=args.student_lr, subset_size=args.subset, final_steps=args.final_steps, final_lr=args.final_lr,
         final_batch_size=args.final_batch,
         final_kd_loss="mse", final_ce_weight=1.0, bn=args.bn, final_bn=args.final_bn,
-        tune_mode=False, resume=not args.no_resume,
+        tune_mode=False, resume=not args.no_resume, precision=args.precision,
+        max_params=int(count_params(teacher) / args.min_compression) if args.min_compression else None,
     )
 
     def report(name: str, model: torch.nn.Module, seconds: float, candidate: Candidate) -> dict:

@@ -24,7 +24,7 @@ from compressor.metrics import count_macs, count_params, predict, top1
 from compressor.passes.base import Context
 from compressor.passes.prune import Prune, PruneConfig
 from compressor.serialize import save_model
-from compressor.train import BN_MODES
+from compressor.train import BN_MODES, PRECISIONS
 from compressor.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +47,9 @@ def main() -> None:
     p.add_argument("--final-steps", type=int, default=5000, help="fine-tuning SGD steps at the end")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.001, help="peak LR (cosine); with --bn frozen keep it ≤ 0.002")
+    p.add_argument("--final-lr", type=float, default=None, help="peak LR of the final fine-tune (default: --lr)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fine-tuning precision: fp32, or bf16 autocast + channels-last (CPUs with native bfloat16)")
     p.add_argument("--bn", default="frozen", choices=BN_MODES,
                    help="BatchNorm while fine-tuning: frozen (Tune mode, small lr) or train (batch statistics)")
     p.add_argument("--no-tune-mode", action="store_true", help="fine-tune conv → BN in Eval instead of Tune mode")
@@ -73,7 +76,7 @@ def main() -> None:
         criterion=args.criterion, target_macs_reduction=args.macs_reduction, schedule=args.schedule,
         step=args.step, scope=args.scope, global_ranking=not args.per_layer, finetune_steps=args.steps_per_step,
         final_finetune_steps=args.final_steps, batch_size=args.batch_size, lr=args.lr,
-        tune_mode=not args.no_tune_mode, bn=args.bn,
+        final_lr=args.final_lr, tune_mode=not args.no_tune_mode, bn=args.bn, precision=args.precision,
     )
     result = Prune(config).run(teacher, ctx)
     base = top1(predict(teacher, test, pre), test.labels)

@@ -39,7 +39,7 @@ from .data import Preprocess, Split
 from .errors import CompressorError
 from .metrics import count_macs, count_params
 from .serialize import atomic_torch_save
-from .train import FinetuneConfig, check_bn_modes, distill
+from .train import FinetuneConfig, check_bn_modes, check_precision, distill
 from .zoo import Add
 
 if TYPE_CHECKING:
@@ -472,6 +472,7 @@ class N2NConfig:
     final_lr 0.001: at 0.01 a ResNet-56 student with removed blocks diverged within five steps). bn / final_bn:
     BatchNorm during the students' and the final fine-tune, "frozen" (running statistics) or "train" (batch
     statistics, which re-fits the statistics a removed block leaves stale and takes rates around 0.01).
+    precision: "fp32" or "bf16" for every student and the final fine-tune (see compressor.train).
     size_measure: "params" (paper) or "macs" for C; max_params / max_macs: hard limits enforced by the annealed
     penalty over penalty_epochs iterations. fixed: module names never removed or shrunk. final_*: the best
     student's fine-tune (KD + CE on the whole fine-tune split). policy_init: a saved ``n2n_policy.pt`` to
@@ -505,6 +506,7 @@ class N2NConfig:
     final_ce_weight: float = 1.0
     bn: str = "frozen"
     final_bn: str = "frozen"
+    precision: str = "fp32"
     tune_mode: bool = True
     policy_init: str = ""
     resume: bool = True
@@ -518,6 +520,7 @@ class N2NConfig:
         if self.rollouts < 1:
             raise CompressorError("n2n: rollouts must be at least 1")
         check_bn_modes("n2n", bn=self.bn, final_bn=self.final_bn)
+        check_precision("n2n", self.precision)
 
     def search_fingerprint(self, *extra: object) -> str:
         """Everything that changes the search trajectory except the iteration counts (which may be extended)."""
@@ -586,7 +589,8 @@ class N2NSearch:
             ctx.seed, [astuple(layer) for layer in self.table.layers], count_params(parent))
         subset = np.random.default_rng(ctx.seed).permutation(len(ctx.splits.finetune))[: config.subset_size]
         finetune = FinetuneConfig(steps=config.student_steps, batch_size=config.student_batch_size, lr=config.student_lr,
-                                  kd_loss=config.kd_loss, ce_weight=config.ce_weight, tune_mode=False, bn=config.bn)
+                                  kd_loss=config.kd_loss, ce_weight=config.ce_weight, tune_mode=False, bn=config.bn,
+                                  precision=config.precision)
         self.evaluator = StudentEvaluator(parent, self.table, ctx.teacher, ctx.splits.finetune.subset(np.sort(subset)),
                                           ctx.preprocess, ctx.validation_top1, self.input_shape, finetune, ctx.seed,
                                           config.fixed)
@@ -756,7 +760,7 @@ class N2NSearch:
         student = build_student(self.parent, self.table, candidate, self.input_shape, cfg.fixed)
         final = FinetuneConfig(steps=cfg.final_steps, batch_size=cfg.final_batch_size, lr=cfg.final_lr,
                                kd_loss=cfg.final_kd_loss, ce_weight=cfg.final_ce_weight, tune_mode=cfg.tune_mode,
-                               bn=cfg.final_bn)
+                               bn=cfg.final_bn, precision=cfg.precision)
         distill(student, ctx.teacher, ctx.splits.finetune, ctx.preprocess, final, seed=ctx.seed,
                 progress=ctx.progress, desc="n2n fine-tune best")
         details = {

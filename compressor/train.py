@@ -7,10 +7,18 @@ short fine-tunes but needs a small rate: a frozen BN divides by running σ, so a
 turns a normal SGD step into a huge one (measured: lr 0.004 sends a pruned ResNet-56 to 7.8 % in 300 steps).
 ``bn: train`` normalises with batch statistics (and updates the running ones), the usual way to retrain a pruned
 network for many epochs at rates around 0.01–0.05; Tune mode does not apply there (it is defined for Eval).
+
+Two precisions. ``fp32`` (default) everywhere. ``bf16`` runs the student's and the teacher's forward passes under
+``torch.autocast`` (convolutions and the linear layer in bfloat16, weights, optimizer and losses in float32), with
+channels-last tensors for models whose widths are multiples of 8, which oneDNN runs on AVX-512 BF16 / AMX units
+(measured on a Xeon with AMX: 2.5× faster per ResNet-56 KD step, 1.6× with a pruned student; BENCHMARKS.md).
+It is refused on CPUs without native bfloat16, where it would be emulated.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +31,7 @@ from .data import Preprocess, Split
 from .errors import CompressorError
 
 BN_MODES = ("frozen", "train")
+PRECISIONS = ("fp32", "bf16")
 
 
 def check_bn_modes(owner: str, **modes: str) -> None:
@@ -30,6 +39,20 @@ def check_bn_modes(owner: str, **modes: str) -> None:
     for key, value in modes.items():
         if value not in BN_MODES:
             raise CompressorError(f"{owner}: {key} must be 'frozen' or 'train', not {value!r}")
+
+
+def bf16_supported() -> bool:
+    """Does this CPU run bfloat16 natively (AVX-512 BF16 or AMX), as oneDNN reports it?"""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_precision(owner: str, precision: str) -> None:
+    """A pass's fine-tuning precision, checked when its recipe is parsed (before any work)."""
+    if precision not in PRECISIONS:
+        raise CompressorError(f"{owner}: precision must be 'fp32' or 'bf16', not {precision!r}")
+    if precision == "bf16" and not bf16_supported():
+        raise CompressorError(f"{owner}: precision bf16 needs a CPU with native bfloat16 (AVX-512 BF16 or AMX), "
+                              "which this one lacks; use precision: fp32")
 
 
 @dataclass
@@ -48,10 +71,12 @@ class FinetuneConfig:
     tune_mode: bool = True
     augment: bool = True
     bn: str = "frozen"  # "frozen" (running statistics, Tune mode applies) or "train" (batch statistics)
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast + channels-last; needs native bfloat16, see above)
 
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
             raise ValueError(f"bn must be 'frozen' or 'train', not {self.bn!r}")
+        check_precision("fine-tune", self.precision)
 
 
 def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -63,6 +88,30 @@ def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     flip = rng.random(n) < 0.5
     out[flip] = out[flip, :, ::-1]
     return out
+
+
+def _channels_last_pays(model: nn.Module) -> bool:
+    """oneDNN's channels-last bfloat16 convolutions are faster only when every width is a multiple of 8; a pruned
+    ResNet-56 with 6 / 13 / 26 inner channels ran its KD step 1.23× slower in channels-last (BENCHMARKS.md)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return bool(convs) and all(m.in_channels % 8 == 0 and m.out_channels % 8 == 0 for m in convs[1:]) \
+        and convs[0].out_channels % 8 == 0
+
+
+@contextmanager
+def _precision(precision: str, *models: nn.Module) -> Iterator[list[Callable[[torch.Tensor], torch.Tensor]]]:
+    """For ``bf16``: each model whose widths suit it in channels-last memory for the duration (restored after, so
+    exported and saved models are unchanged), and per model a function that lays its input out to match; for
+    ``fp32`` nothing changes."""
+    same: Callable[[torch.Tensor], torch.Tensor] = lambda x: x  # noqa: E731
+    moved = [m for m in models if precision == "bf16" and _channels_last_pays(m)]
+    for m in moved:
+        m.to(memory_format=torch.channels_last)
+    try:
+        yield [(lambda x: x.contiguous(memory_format=torch.channels_last)) if m in moved else same for m in models]
+    finally:
+        for m in moved:
+            m.to(memory_format=torch.contiguous_format)
 
 
 def _freeze_bn(model: nn.Module) -> None:
@@ -98,7 +147,8 @@ def distill(
     if frozen:
         _freeze_bn(student)
     order, pos = rng.permutation(len(data)), 0
-    with tune_mode(student, enabled=config.tune_mode and frozen):
+    bf16 = config.precision == "bf16"
+    with tune_mode(student, enabled=config.tune_mode and frozen), _precision(config.precision, student, teacher) as (s_layout, t_layout):
         for _ in tqdm(range(config.steps), desc=desc, disable=not progress, leave=False):
             if pos + config.batch_size > len(order):
                 order, pos = rng.permutation(len(data)), 0
@@ -107,9 +157,11 @@ def distill(
             images = data.images[idx]
             x = preprocess(_augment(images, rng) if config.augment else images)
             y = torch.from_numpy(data.labels[idx])
-            with torch.no_grad():
-                t_logits = teacher(x)
-            s_logits = student(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                with torch.no_grad():
+                    t_logits = teacher(t_layout(x))
+                s_logits = student(s_layout(x))
+            t_logits, s_logits = t_logits.float(), s_logits.float()
             if config.kd_loss == "mse":
                 kd = F.mse_loss(s_logits, t_logits)
             else:

@@ -19,6 +19,7 @@ from compressor.errors import CompressorError
 from compressor.fusion import TuneConvBN, fold_batchnorm, plan_folding, tune_mode
 from compressor.passes.base import PASSES
 from compressor.serialize import load_model, save_model
+from compressor.train import bf16_supported
 from compressor.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -414,3 +415,46 @@ def test_distill_bn_modes(teacher, demo_splits, bn):
     assert not student.training
     with pytest.raises(ValueError, match="bn must be"):
         FinetuneConfig(bn="eval")
+
+
+@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no native bfloat16")
+def test_distill_bf16_trains_and_restores_layout(teacher, demo_splits):
+    """bf16 autocast trains the student (finite losses, weights move) and leaves both models in their original
+    contiguous layout, with the teacher's weights untouched."""
+    from compressor.train import FinetuneConfig, distill
+
+    student, reference = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    config = FinetuneConfig(steps=3, batch_size=16, bn="train", lr=0.01, precision="bf16")
+    losses = distill(student, teacher, demo_splits.finetune, Preprocess(), config, progress=False)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert not torch.equal(student.conv1.weight, reference.conv1.weight)
+    for m in (student, teacher):
+        assert all(p.is_contiguous() for p in m.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), reference.state_dict().values()))
+
+
+def test_precision_checked_before_work(monkeypatch):
+    from compressor import train
+    from compressor.n2n import N2NConfig
+    from compressor.passes.prune import PruneConfig
+
+    with pytest.raises(CompressorError, match="precision must be 'fp32' or 'bf16'"):
+        train.FinetuneConfig(precision="fp16")
+    monkeypatch.setattr(train, "bf16_supported", lambda: False)
+    with pytest.raises(CompressorError, match="needs a CPU with native bfloat16"):
+        PruneConfig(precision="bf16").validate()
+    with pytest.raises(CompressorError, match="n2n: precision bf16 needs"):
+        N2NConfig(precision="bf16")
+    train.FinetuneConfig(precision="fp32")  # fp32 never depends on the CPU
+
+
+def test_channels_last_only_for_aligned_widths(teacher):
+    """oneDNN's channels-last bf16 kernels were measured slower on odd pruned widths, so those stay NCHW."""
+    from compressor.dependency import DependencyGraph
+    from compressor.train import _channels_last_pays
+
+    assert _channels_last_pays(teacher)
+    pruned = copy.deepcopy(teacher)
+    graph = DependencyGraph(pruned, (3, 32, 32))
+    graph.prune([next(g for g in graph.groups() if g.sources == (("layer1.0.conv1", 0),))])
+    assert pruned.layer1[0].conv1.out_channels == 15 and not _channels_last_pays(pruned)

@@ -82,8 +82,10 @@ def test_ort_cpu_qdq_is_valid_accurate_and_fully_integer(problem, splits, fp32_v
     acc = top1_onnx(qdq, splits.validation, Preprocess())
     assert acc >= fp32_val - 2.0, (acc, fp32_val)
     ops = optimized_op_counts(qdq, tmp_path)
-    # Every conv and residual add runs as an integer kernel; no float Conv/Add/Pad island is left.
-    assert ops["QLinearConv"] == 19 and ops["Conv"] == 0, ops
+    # Every conv and residual add runs as an integer kernel; no float Conv/Add/Pad island is left, and the two
+    # option-A shortcuts run as 1x1 QLinearConvs (19 + 2) instead of Slice/Pad on NHWC bytes.
+    assert ops["QLinearConv"] == 21 and ops["Conv"] == 0, ops
+    assert ops["Slice"] == 0 and ops["Pad"] <= 1, ops  # the one Pad left is the stem's channel padding
     assert ops["QLinearAdd"] == 9 and ops["Add"] == 0, ops
     assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1, ops
     assert ops["Transpose"] <= 2, ops
@@ -102,6 +104,50 @@ def test_stem_input_channels_padded_to_four_without_changing_outputs(problem, sp
     outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
                for m in (padded, plain)]
     np.testing.assert_array_equal(*outputs)
+
+
+def _outputs(models, x):
+    return [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+            for m in models]
+
+
+@pytest.mark.parametrize("scheme", ["asymmetric", "symmetric_uint8"])
+def test_option_a_shortcut_as_strided_conv_is_bit_identical(problem, splits, monkeypatch, scheme):
+    config = QuantConfig(1000, "entropy", scheme, "per_channel", "int8")
+    rewritten = problem.build(config)
+    monkeypatch.setattr(qdq_module, "shortcut_convs", lambda model: 0)
+    plain = problem.build(config)
+    onnx.checker.check_model(rewritten, full_check=True)
+    ops = collections.Counter(n.op_type for n in rewritten.graph.node)
+    assert ops["Slice"] == 0 and ops["Conv"] == 21, ops
+    assert collections.Counter(n.op_type for n in plain.graph.node)["Slice"] == 4
+    used = {i for n in rewritten.graph.node for i in n.input}
+    assert all(i.name in used for i in rewritten.graph.initializer)  # the shortcuts' constants are gone
+    np.testing.assert_array_equal(*_outputs((rewritten, plain), Preprocess()(splits.validation.images[:64]).numpy()))
+
+
+def test_shortcut_conv_after_pruning_with_uneven_padding(teacher, splits, tmp_path, monkeypatch):
+    import copy
+
+    from compressor.dependency import DependencyGraph
+    from compressor.zoo import ChannelPadShortcut
+
+    graph, rng = DependencyGraph(teacher, (3, 32, 32)), np.random.default_rng(0)
+    pruned = copy.deepcopy(teacher)
+    graph.prune([g for g in graph.groups() if rng.random() < 0.3], pruned)  # residual and inner channels alike
+    pads = {(m.left, m.right) for m in pruned.modules() if isinstance(m, ChannelPadShortcut)}
+    assert any(left != right for left, right in pads), pads  # residual pruning made the padding uneven
+    path = export_onnx(pruned, tmp_path / "pruned.onnx", (3, 32, 32))
+    problem = QuantProblem(onnx.load(path), splits.calibration, splits.validation, Preprocess())
+    config = QuantConfig(1000, "max", "asymmetric", "per_channel", "int8")
+    rewritten = problem.build(config)
+    assert collections.Counter(n.op_type for n in rewritten.graph.node)["Slice"] == 0
+    monkeypatch.setattr(qdq_module, "shortcut_convs", lambda model: 0)
+    plain = problem.build(config)
+    x = Preprocess()(splits.validation.images[:64]).numpy()
+    int8, int8_plain, fp32 = _outputs((rewritten, plain, problem.float_model), x)
+    np.testing.assert_array_equal(int8, int8_plain)
+    assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.9
 
 
 def test_power_of_two_scales(problem, splits, fp32_val):

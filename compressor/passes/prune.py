@@ -25,7 +25,7 @@ from ..data import Preprocess, Split
 from ..dependency import DependencyGraph, Group
 from ..errors import CompressorError
 from ..metrics import count_macs, count_params
-from ..train import FinetuneConfig, check_bn_modes, distill
+from ..train import FinetuneConfig, check_bn_modes, check_precision, distill
 from .base import Context, PassResult, register_pass
 
 
@@ -47,8 +47,12 @@ class PruneConfig:
       (Evci et al., "Mean Replacement Pruning", 2018); off by default because it gives bias-free convs a bias.
     * lrp_abs, lrp_normalize, lrp_residual: see :class:`~compressor.criteria.LRPCriterion`.
     * finetune_steps (after every step), final_finetune_steps (at the end) and the remaining fields configure
-      :func:`compressor.train.distill` (KD from the teacher + cross-entropy). bn: "frozen" (running statistics,
+      :func:`compressor.train.distill` (KD from the teacher + cross-entropy); final_lr (default: lr) is the final
+      fine-tune's peak rate, higher than the per-step one to retrain rather than only recover ("learning-rate
+      rewinding", Renda et al., ICLR 2020, found retraining at the original large rates beats fine-tuning at
+      small ones). bn: "frozen" (running statistics,
       Tune mode; keep lr ≤ 0.002) or "train" (batch statistics; the usual long retraining at lr ≈ 0.01).
+      precision: "fp32" or "bf16" (autocast + channels-last on CPUs with native bfloat16, see train.py).
     """
 
     criterion: str = "lrp"
@@ -68,15 +72,18 @@ class PruneConfig:
     finetune_steps: int = 0
     final_finetune_steps: int = 0
     lr: float = 0.001  # with bn "frozen", 0.004 already diverges on a pruned ResNet-56 (see train.py)
+    final_lr: float | None = None  # peak LR of the final fine-tune; None: the same as lr
     batch_size: int = 128
     kd_loss: str = "kl"
     kd_weight: float = 1.0
     ce_weight: float = 1.0
     tune_mode: bool = True
     bn: str = "frozen"
+    precision: str = "fp32"
 
     def validate(self) -> None:
         check_bn_modes("prune", bn=self.bn)
+        check_precision("prune", self.precision)
         if self.criterion not in CRITERIA:
             raise CompressorError(f"prune: unknown criterion {self.criterion!r} (choose from {', '.join(CRITERIA)})")
         if self.target_macs_reduction is None and not 0 < self.target_ratio < 1:
@@ -89,6 +96,8 @@ class PruneConfig:
             raise CompressorError(f"prune: scope must be all or inner, got {self.scope!r}")
         if not 0 < self.step <= 1:
             raise CompressorError(f"prune: step must be in (0, 1], got {self.step}")
+        if self.lr <= 0 or (self.final_lr is not None and self.final_lr <= 0):
+            raise CompressorError("prune: lr and final_lr must be > 0")
         if self.round_to < 1 or self.min_channels <= 0:
             raise CompressorError("prune: round_to must be ≥ 1 and min_channels > 0")
 
@@ -104,10 +113,12 @@ class PruneConfig:
             return RandomCriterion(seed)
         return CRITERIA[self.criterion]()
 
-    def finetune(self, steps: int) -> FinetuneConfig:
+    def finetune(self, steps: int, final: bool = False) -> FinetuneConfig:
+        lr = self.final_lr if final and self.final_lr is not None else self.lr
         return FinetuneConfig(
-            steps=steps, batch_size=self.batch_size, lr=self.lr, kd_loss=self.kd_loss, kd_weight=self.kd_weight,
+            steps=steps, batch_size=self.batch_size, lr=lr, kd_loss=self.kd_loss, kd_weight=self.kd_weight,
             ce_weight=self.ce_weight, tune_mode=self.tune_mode, bn=self.bn,
+            precision=self.precision,
         )
 
 
@@ -302,7 +313,7 @@ class Prune:
             steps.append(self._record(model, ctx, len(steps), removed / total, count_params(model),
                                       count_macs(model, shape)))
         if cfg.final_finetune_steps > 0:
-            distill(model, ctx.teacher, ctx.splits.finetune, ctx.preprocess, cfg.finetune(cfg.final_finetune_steps),
+            distill(model, ctx.teacher, ctx.splits.finetune, ctx.preprocess, cfg.finetune(cfg.final_finetune_steps, final=True),
                     seed=ctx.seed, progress=ctx.progress, desc="prune final fine-tune")
             steps.append(self._record(model, ctx, len(steps), removed / total, count_params(model),
                                       count_macs(model, shape), finetuned=True))
