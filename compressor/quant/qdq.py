@@ -165,7 +165,7 @@ def _integer_chain(producers: dict, consumers: dict, tensor: str, op_type: str) 
     return [dq, op, q]
 
 
-def _every_other(model: onnx.ModelProto, slice_node: onnx.NodeProto, inits: dict) -> tuple[int, int] | None:
+def _every_other(slice_node: onnx.NodeProto, inits: dict) -> tuple[int, int] | None:
     """(axis, step) of a Slice that keeps every step-th element of one axis from 0 to the end, else None."""
     try:
         starts, ends, axes, steps = (numpy_helper.to_array(inits[i]).tolist() for i in slice_node.input[1:5])
@@ -197,17 +197,17 @@ def shortcut_convs(model: onnx.ModelProto) -> int:
         chain = rows + cols
         if not all(_same_params(model, chain[0], n) for n in chain[2:] if n.op_type != "Slice") or len(chain[0].input) < 3:
             continue
-        steps = {_every_other(model, rows[1], inits), _every_other(model, cols[1], inits)}
-        stride = {st for _, st in steps if _ is not None}
-        if {a for a, _ in steps if a is not None} != {2, 3} or len(stride) != 1:
+        picks = [_every_other(rows[1], inits), _every_other(cols[1], inits)]
+        if None in picks or {axis for axis, _ in picks} != {2, 3} or picks[0][1] != picks[1][1]:
             continue
         pads = numpy_helper.to_array(inits[pad.input[1]]).tolist()
         channels = shapes.get(rows[0].input[0], [])
         zp = numpy_helper.to_array(inits[pad.input[2]])
+        # uint8 only: ORT fuses no int8-activation conv here (see the module docstring), so the rewrite would not pay.
         if len(pads) != 8 or any(pads[i] for i in (0, 2, 3, 4, 6, 7)) or len(channels) != 4 or channels[1] < 1 \
-                or zp != numpy_helper.to_array(inits[chain[0].input[2]]):
+                or zp.dtype != np.uint8 or zp != numpy_helper.to_array(inits[chain[0].input[2]]):
             continue
-        c_in, (left, right), step = channels[1], (pads[1], pads[5]), stride.pop()
+        c_in, (left, right), step = channels[1], (pads[1], pads[5]), picks[0][1]
         eye = np.zeros((left + c_in + right, c_in, 1, 1), np.int8)
         eye[np.arange(c_in) + left, np.arange(c_in)] = 1
         name = pad.name + "_as_conv"
