@@ -20,6 +20,7 @@ emission (a fixed configuration, plus the grid's selected one when the grid exis
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -35,6 +36,7 @@ from onnxruntime import quantization as ortq
 
 from compressor.data import Preprocess, load_dataset, make_splits
 from compressor.export import export_onnx
+from compressor.quant import qdq as qdq_module
 from compressor.quant.latency import candidates, measure_interleaved
 from compressor.quant.problem import QuantProblem, top1_onnx
 from compressor.quant.space import QuantConfig
@@ -163,6 +165,16 @@ class SimClock:
         return self.t + time.process_time()
 
 
+@contextlib.contextmanager
+def patched(module: object, name: str, value: object):  # noqa: ANN201
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
 def latency(args: argparse.Namespace) -> None:
     """FP32 vs ORT quantize_static defaults vs our INT8 emission: op types ORT runs, and latency measured
     interleaved (batch 1 median, batch 64 throughput). Uses the grid's selected configuration when present."""
@@ -181,6 +193,10 @@ def latency(args: argparse.Namespace) -> None:
         models = {"fp32": problem.float_model}
         models["ort quantize_static default"] = str(ort_default(fp32_path, splits.calibration, pp, work / "d.onnx"))
         models.update({k: problem.build(c) for k, c in configs.items()})
+        # The same emission with the option-A shortcut left as uint8 Slice/Pad (before the 1x1-conv rewrite).
+        with patched(qdq_module, "shortcut_convs", lambda model: 0):
+            models["int8 asymmetric/entropy/per-channel, Slice/Pad shortcut"] = problem.build(
+                configs["int8 asymmetric/entropy/per-channel"])
         images = pp(splits.validation.images[:64]).numpy()
         lat = measure_interleaved(models, images, rounds=args.rounds)
         out[name] = {k: {**lat[k].as_dict(), "op_types": optimized_op_types(m)} for k, m in models.items()}

@@ -72,7 +72,7 @@ def main() -> None:
         cfg = PruneConfig(criterion="l1", target_macs_reduction=2.5, scope="inner", global_ranking=False,
                           round_to=round_to)
         students[f"pruned 2.5x MACs, round_to {round_to}"] = Prune(cfg).run(teacher, ctx).model
-    print(f"{torch.get_num_threads()} threads, batch 128, median of {args.steps} steps after 2 warm-up")
+    print(f"{torch.get_num_threads()} threads, batch 128, mean of {args.steps} steps after 2 warm-up")
     print("| student | inner widths | fp32 NCHW | fp32 channels-last | bf16 NCHW | bf16 channels-last "
           "| bf16 as distill runs it (teacher channels-last) |")
     print("|---|---|---|---|---|---|---|")
