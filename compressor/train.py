@@ -11,7 +11,7 @@ network for many epochs at rates around 0.01–0.05; Tune mode does not apply th
 Two precisions. ``fp32`` (default) everywhere. ``bf16`` runs the student's and the teacher's forward passes under
 ``torch.autocast`` (convolutions and the linear layer in bfloat16, weights, optimizer and losses in float32), with
 channels-last tensors for models whose widths are multiples of 8, which oneDNN runs on AVX-512 BF16 / AMX units
-(measured on a Xeon with AMX: 2.5× faster per ResNet-56 KD step, 1.6× with a pruned student; BENCHMARKS.md).
+(measured on a Xeon with AMX: 2.5× faster per ResNet-56 KD step, 1.75–1.95× with pruned students; BENCHMARKS.md).
 It is refused on CPUs without native bfloat16, where it would be emulated.
 """
 
@@ -91,11 +91,12 @@ def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _channels_last_pays(model: nn.Module) -> bool:
-    """oneDNN's channels-last bfloat16 convolutions are faster only when every width is a multiple of 8; a pruned
-    ResNet-56 with 6 / 13 / 26 inner channels ran its KD step 1.23× slower in channels-last (BENCHMARKS.md)."""
+    """Channels-last bfloat16 for widths that are all multiples of 8 (the RGB stem's input aside): on the Xeon it
+    was 1.48× faster for the unpruned ResNet-56 and 1.23× slower for a student pruned to 6 / 13 / 26 inner
+    channels; for 8 / 8 / 24 the two layouts traded places between runs (BENCHMARKS.md)."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return bool(convs) and all(m.in_channels % 8 == 0 and m.out_channels % 8 == 0 for m in convs[1:]) \
-        and convs[0].out_channels % 8 == 0
+    return bool(convs) and all(m.out_channels % 8 == 0 and (i == 0 or m.in_channels % 8 == 0)
+                               for i, m in enumerate(convs))
 
 
 @contextmanager
