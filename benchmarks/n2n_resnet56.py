@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--student-batch", type=int, default=64)
     ap.add_argument("--student-lr", type=float, default=0.001)
     ap.add_argument("--subset", type=int, default=10000)
+    ap.add_argument("--no-student-augment", action="store_true",
+                    help="students train unaugmented, reusing the teacher's logits computed once (faster students)")
     ap.add_argument("--final-lr", type=float, default=0.001)
     ap.add_argument("--final-steps", type=int, default=80)
     ap.add_argument("--final-batch", type=int, default=64)
@@ -100,8 +102,8 @@ def main() -> None:
     config = N2NConfig(
         removal_iterations=args.removal_iterations, shrink_iterations=args.shrink_iterations,
         rollouts=args.rollouts, student_steps=args.student_steps, student_batch_size=args.student_batch,
-        student_lr=args.student_lr, subset_size=args.subset, final_steps=args.final_steps, final_lr=args.final_lr,
-        final_batch_size=args.final_batch,
+        student_lr=args.student_lr, student_augment=not args.no_student_augment, subset_size=args.subset,
+        final_steps=args.final_steps, final_lr=args.final_lr, final_batch_size=args.final_batch,
         final_kd_loss="mse", final_ce_weight=1.0, bn=args.bn, final_bn=args.final_bn,
         tune_mode=False, resume=not args.no_resume, precision=args.precision,
         max_params=int(count_params(teacher) / args.min_compression) if args.min_compression else None,

@@ -121,6 +121,20 @@ def _freeze_bn(model: nn.Module) -> None:
             m.eval()
 
 
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, data: Split, preprocess: Preprocess, precision: str = "fp32",
+                   batch_size: int = 256) -> torch.Tensor:
+    """The teacher's float32 logits for every image of ``data``, unaugmented, computed as :func:`distill` computes
+    them (same autocast and memory layout), so a fine-tune without augmentation can reuse them every step."""
+    teacher.eval()
+    out = []
+    with _precision(precision, teacher) as (layout,):
+        for i in range(0, len(data), batch_size):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out.append(teacher(layout(preprocess(data.images[i : i + batch_size]))).float())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -130,10 +144,17 @@ def distill(
     seed: int = 0,
     progress: bool = True,
     desc: str = "fine-tune",
+    cached_logits: torch.Tensor | None = None,
 ) -> list[float]:
-    """Train ``student`` in place on ``data`` for ``config.steps`` steps; returns the loss per step."""
+    """Train ``student`` in place on ``data`` for ``config.steps`` steps; returns the loss per step.
+
+    ``cached_logits`` (from :func:`teacher_logits` on the same ``data``) replaces the teacher's forward pass,
+    which is only exact without augmentation, so it requires ``config.augment`` to be off.
+    """
     if config.steps <= 0:
         return []
+    if cached_logits is not None and (config.augment or len(cached_logits) != len(data)):
+        raise ValueError("cached teacher logits need augment off and one row per image of the data")
     from .fusion import tune_mode
 
     rng = np.random.default_rng(seed)
@@ -159,8 +180,11 @@ def distill(
             x = preprocess(_augment(images, rng) if config.augment else images)
             y = torch.from_numpy(data.labels[idx])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                with torch.no_grad():
-                    t_logits = teacher(t_layout(x))
+                if cached_logits is not None:
+                    t_logits = cached_logits[torch.from_numpy(idx)]
+                else:
+                    with torch.no_grad():
+                        t_logits = teacher(t_layout(x))
                 s_logits = student(s_layout(x))
             t_logits, s_logits = t_logits.float(), s_logits.float()
             if config.kd_loss == "mse":

@@ -433,6 +433,32 @@ def test_distill_bf16_trains_and_restores_layout(teacher, demo_splits):
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), reference.state_dict().values()))
 
 
+def test_distill_with_cached_teacher_logits_is_the_same_training(teacher, demo_splits):
+    """Without augmentation, logits computed once by ``teacher_logits`` replace the per-step teacher forward pass:
+    same losses and same trained weights; with augmentation the cache is refused (it would be wrong)."""
+    from compressor.train import FinetuneConfig, distill, teacher_logits
+
+    data = demo_splits.finetune.subset(np.arange(96))
+    config = FinetuneConfig(steps=4, batch_size=32, bn="train", lr=0.01, augment=False)
+    on_the_fly, cached = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    losses = distill(on_the_fly, teacher, data, Preprocess(), config, progress=False)
+    logits = teacher_logits(teacher, data, Preprocess())
+    assert logits.shape == (96, 10)
+    calls = []
+    handle = teacher.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        losses_cached = distill(cached, teacher, data, Preprocess(), config, progress=False, cached_logits=logits)
+    finally:
+        handle.remove()
+    assert calls == []
+    np.testing.assert_allclose(losses_cached, losses, rtol=1e-4)
+    for a, b in zip(cached.parameters(), on_the_fly.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="augment off"):
+        distill(cached, teacher, data, Preprocess(), FinetuneConfig(steps=1, batch_size=32), progress=False,
+                cached_logits=logits)
+
+
 def test_precision_checked_before_work(monkeypatch):
     from compressor import train
     from compressor.n2n import N2NConfig

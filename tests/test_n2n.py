@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -262,6 +263,26 @@ def test_pass_writes_search_files_and_plain_details(tmp_path, demo_splits, teach
     assert details["budget"]["candidates_measured"] == 1 and len(details["history"]) == 1
     assert details["best"]["params"] == count_params(result.model)
     assert details["teacher"]["params"] == 269_722
+
+
+def test_unaugmented_students_run_the_teacher_once(tmp_path, demo_splits, teacher):
+    """student_augment: false computes the teacher's logits on the subset once for all students; with
+    augmentation the teacher runs in every student step."""
+    calls = {}
+    for augment in (True, False):
+        config = N2NConfig(**dict(TINY, removal_iterations=1, shrink_iterations=0, rollouts=2, student_steps=3,
+                                  final_steps=0, student_augment=augment))
+        distiller = copy.deepcopy(teacher)  # students are built from ``teacher``; only this one teaches
+        search = N2NSearch(teacher, _ctx(demo_splits, distiller, tmp_path / str(augment)), config)
+        calls[augment] = 0
+
+        def counted(*_, key=augment):
+            calls[key] += 1
+
+        distiller.register_forward_hook(counted)
+        search.search()
+        assert len(search.measurements) == 2
+    assert calls == {True: 2 * 3, False: 1}  # 256 subset images: one batch of the logit pass
 
 
 @pytest.mark.parametrize("bn", ["frozen", "train"])
