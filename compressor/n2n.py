@@ -37,9 +37,9 @@ from tqdm.auto import tqdm
 
 from .data import Preprocess, Split
 from .errors import CompressorError
-from .metrics import count_macs, count_params
+from .metrics import count_macs, count_params, predict
 from .serialize import atomic_torch_save
-from .train import FinetuneConfig, check_bn_modes, check_precision, distill, teacher_logits
+from .train import FinetuneConfig, check_bn_modes, check_precision, distill
 from .zoo import Add
 
 if TYPE_CHECKING:
@@ -313,7 +313,7 @@ class StudentEvaluator:
             return Measurement(False, seconds=time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}"[:300])
         params, macs = count_params(student), count_macs(student, self.input_shape)
         if not self.finetune.augment and self._teacher_logits is None:
-            self._teacher_logits = teacher_logits(self.teacher, self.train, self.preprocess, self.finetune.precision)
+            self._teacher_logits = torch.from_numpy(predict(self.teacher, self.train, self.preprocess))
         losses = distill(student, self.teacher, self.train, self.preprocess, self.finetune,
                          seed=stable_seed(self.seed, candidate.key()), progress=False,
                          cached_logits=None if self.finetune.augment else self._teacher_logits)

@@ -121,20 +121,6 @@ def _freeze_bn(model: nn.Module) -> None:
             m.eval()
 
 
-@torch.no_grad()
-def teacher_logits(teacher: nn.Module, data: Split, preprocess: Preprocess, precision: str = "fp32",
-                   batch_size: int = 256) -> torch.Tensor:
-    """The teacher's float32 logits for every image of ``data``, unaugmented, computed as :func:`distill` computes
-    them (same autocast and memory layout), so a fine-tune without augmentation can reuse them every step."""
-    teacher.eval()
-    out = []
-    with _precision(precision, teacher) as (layout,):
-        for i in range(0, len(data), batch_size):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                out.append(teacher(layout(preprocess(data.images[i : i + batch_size]))).float())
-    return torch.cat(out) if out else torch.zeros(0)
-
-
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -148,8 +134,9 @@ def distill(
 ) -> list[float]:
     """Train ``student`` in place on ``data`` for ``config.steps`` steps; returns the loss per step.
 
-    ``cached_logits`` (from :func:`teacher_logits` on the same ``data``) replaces the teacher's forward pass,
-    which is only exact without augmentation, so it requires ``config.augment`` to be off.
+    ``cached_logits`` (the teacher's float32 logits for every image of ``data``, e.g. from
+    :func:`compressor.metrics.predict`) replaces the teacher's forward pass, which is only exact without
+    augmentation, so it requires ``config.augment`` to be off.
     """
     if config.steps <= 0:
         return []
@@ -170,7 +157,9 @@ def distill(
         _freeze_bn(student)
     order, pos = rng.permutation(len(data)), 0
     bf16 = config.precision == "bf16"
-    with tune_mode(student, enabled=config.tune_mode and frozen), _precision(config.precision, student, teacher) as (s_layout, t_layout):
+    models = (student,) if cached_logits is not None else (student, teacher)  # a cached teacher is not run
+    with tune_mode(student, enabled=config.tune_mode and frozen), _precision(config.precision, *models) as layouts:
+        s_layout, t_layout = layouts[0], layouts[-1]
         for _ in tqdm(range(config.steps), desc=desc, disable=not progress, leave=False):
             if pos + config.batch_size > len(order):
                 order, pos = rng.permutation(len(data)), 0

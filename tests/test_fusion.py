@@ -434,15 +434,16 @@ def test_distill_bf16_trains_and_restores_layout(teacher, demo_splits):
 
 
 def test_distill_with_cached_teacher_logits_is_the_same_training(teacher, demo_splits):
-    """Without augmentation, logits computed once by ``teacher_logits`` replace the per-step teacher forward pass:
+    """Without augmentation, logits computed once by ``predict`` replace the per-step teacher forward pass:
     same losses and same trained weights; with augmentation the cache is refused (it would be wrong)."""
-    from compressor.train import FinetuneConfig, distill, teacher_logits
+    from compressor.metrics import predict
+    from compressor.train import FinetuneConfig, distill
 
     data = demo_splits.finetune.subset(np.arange(96))
     config = FinetuneConfig(steps=4, batch_size=32, bn="train", lr=0.01, augment=False)
     on_the_fly, cached = copy.deepcopy(teacher), copy.deepcopy(teacher)
     losses = distill(on_the_fly, teacher, data, Preprocess(), config, progress=False)
-    logits = teacher_logits(teacher, data, Preprocess())
+    logits = torch.from_numpy(predict(teacher, data, Preprocess()))
     assert logits.shape == (96, 10)
     calls = []
     handle = teacher.register_forward_hook(lambda *_: calls.append(1))
