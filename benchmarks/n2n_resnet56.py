@@ -78,6 +78,8 @@ def main() -> None:
                     help="students and fine-tunes: fp32, or bf16 autocast (CPUs with native bfloat16)")
     ap.add_argument("--min-compression", type=float, default=None,
                     help="hard limit: at least this many times fewer parameters than the teacher (paper's penalty)")
+    ap.add_argument("--max-compression", type=float, default=None,
+                    help="size floor: at most this many times fewer parameters (our addition, same penalty)")
     ap.add_argument("--test-images", type=int, default=0, help="report on a seeded subset of the test split (0: all)")
     ap.add_argument("--no-resume", action="store_true")
     args = ap.parse_args()
@@ -107,6 +109,7 @@ def main() -> None:
         final_kd_loss="mse", final_ce_weight=1.0, bn=args.bn, final_bn=args.final_bn,
         tune_mode=False, resume=not args.no_resume, precision=args.precision,
         max_params=int(count_params(teacher) / args.min_compression) if args.min_compression else None,
+        min_params=int(count_params(teacher) / args.max_compression) if args.max_compression else None,
     )
 
     def report(name: str, model: torch.nn.Module, seconds: float, candidate: Candidate) -> dict:

@@ -131,6 +131,17 @@ def test_reward_formula_edge_cases():
     assert macs(ok, 0) == pytest.approx(0.6 * 1.4)  # C = 1 − 2000/5000
 
 
+def test_size_floor_penalises_students_below_it():
+    band = RewardFunction(80.0, 1000, 5000, max_params=500, min_params=400)
+    inside, below = Measurement(True, 80.0, 450, 2000), Measurement(True, 80.0, 300, 2000)
+    assert band(inside, 30) == pytest.approx(0.55 * 1.45)
+    assert band(below, 0) == pytest.approx(0.7 * 1.3)  # ε = 1 at the first epoch, as for a maximum
+    assert band(below, 15) == -1.0
+    assert RewardFunction(80.0, 1000, 5000, min_macs=2500)(inside, 15) == -1.0
+    with pytest.raises(CompressorError, match="min_params"):
+        N2NConfig(min_params=600, max_params=500)
+
+
 def test_removed_blocks_export_with_expected_params(tmp_path, teacher):
     table = describe_layers(teacher)
     child = remove_units(teacher, table, ["layer1.1", "layer2.0"])
@@ -263,6 +274,15 @@ def test_pass_writes_search_files_and_plain_details(tmp_path, demo_splits, teach
     assert details["budget"]["candidates_measured"] == 1 and len(details["history"]) == 1
     assert details["best"]["params"] == count_params(result.model)
     assert details["teacher"]["params"] == 269_722
+    assert details["best"]["within_limits"]
+
+
+def test_search_warns_when_no_student_meets_the_limits(tmp_path, demo_splits, teacher):
+    config = N2NConfig(**dict(TINY, removal_iterations=1, shrink_iterations=0, rollouts=1, final_steps=0,
+                              min_params=10**9))
+    with pytest.warns(UserWarning, match="no student of the search met the size limits"):
+        result = N2NSearch(teacher, _ctx(demo_splits, teacher, tmp_path), config).run()
+    assert not result.details["best"]["within_limits"]
 
 
 def test_unaugmented_students_run_the_teacher_once(tmp_path, demo_splits, teacher):
