@@ -1,0 +1,100 @@
+"""INT8 vs FP32 ORT-CPU throughput with each model timed alone in its own process, alternating A, B, A, B, ...
+
+`compressor.quant.latency.measure_interleaved` keeps every session in one process. There, the thread pool of the
+session that just ran may still be spinning while the next session runs, so on a 2-core machine the two
+measurements can disturb each other. This script gives each measurement a fresh process holding a single
+session, as a deployment would, and pairs FP32 and INT8 runs back to back so clock drift cancels within a pair.
+The INT8 model is the pass's ort-cpu emission for asymmetric / entropy / per-channel. The demo subset only
+calibrates it.
+
+    python benchmarks/int8_process_latency.py --pairs 6 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (3, 32, 32)
+
+
+def time_one(path: str, threads: int, batch: int, spin: bool) -> float:
+    """Median ms per batch of one session, alone in this process."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((batch, *SHAPE), dtype=np.float32)
+    feed = {sess.get_inputs()[0].name: x}
+    for _ in range(5):
+        sess.run(None, feed)
+    rounds = []
+    for _ in range(7):
+        t = time.perf_counter()
+        for _ in range(10):
+            sess.run(None, feed)
+        rounds.append((time.perf_counter() - t) / 10 * 1e3)
+    return float(np.median(rounds))
+
+
+def build(model_name: str, weights: str, work: Path) -> tuple[Path, Path]:
+    import onnx
+    import torch
+
+    from compressor.data import Preprocess, load_dataset, make_splits
+    from compressor.export import export_onnx
+    from compressor.fusion import fold_batchnorm
+    from compressor.quant.problem import QuantProblem
+    from compressor.quant.space import QuantConfig
+    from compressor.zoo import ZOO
+
+    splits = make_splits(load_dataset(str(ROOT / "demo" / "cifar10-demo.tar.gz")), 0, validation=200, calibration=200)
+    model = ZOO[model_name]()
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    fp32 = export_onnx(fold_batchnorm(model.eval()), work / "fp32.onnx", SHAPE)
+    int8 = QuantProblem(onnx.load(fp32), splits.calibration, splits.validation, Preprocess()).build(
+        QuantConfig(1000, "entropy", "asymmetric", "per_channel"))
+    onnx.save(int8, work / "int8.onnx")
+    return Path(fp32), work / "int8.onnx"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="cifar_resnet20")
+    p.add_argument("--weights", default=str(ROOT / "demo" / "cifar10_resnet20.pt"))
+    p.add_argument("--pairs", type=int, default=6)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--no-spin", action="store_true", help="session.intra_op.allow_spinning = 0")
+    p.add_argument("--time", help=argparse.SUPPRESS)  # internal: time this ONNX file and print ms
+    args = p.parse_args()
+    if args.time:
+        print(f"{time_one(args.time, args.threads, args.batch, not args.no_spin):.4f}")
+        return
+    fp32, int8 = build(args.model, args.weights, Path(tempfile.mkdtemp(prefix="int8-process-")))
+    child = [sys.executable, __file__, "--threads", str(args.threads), "--batch", str(args.batch)]
+    child += ["--no-spin"] if args.no_spin else []
+    print(f"| pair | FP32 ms | INT8 ms | INT8 × FP32 throughput |\n|---|---|---|---|")
+    ratios = []
+    for i in range(args.pairs):
+        f, q = (float(subprocess.run(child + ["--time", str(m)], check=True, capture_output=True, text=True).stdout)
+                for m in (fp32, int8))
+        ratios.append(f / q)
+        print(f"| {i + 1} | {f:.2f} | {q:.2f} | {f / q:.2f} |", flush=True)
+    print(f"median INT8 × FP32 at batch {args.batch}: {np.median(ratios):.2f} "
+          f"(min {min(ratios):.2f}, max {max(ratios):.2f}; {args.threads} threads, spinning "
+          f"{'off' if args.no_spin else 'on'})")
+
+
+if __name__ == "__main__":
+    main()
