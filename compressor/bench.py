@@ -73,7 +73,7 @@ def measure(runners: list[Runner], settings: BenchSettings) -> list[tuple[list[f
 def onnx_runner(path: str | Path, batch: int, threads: int, input_shape: tuple[int, ...] | None = None) -> Runner:
     from .export import ort_session
 
-    sess = ort_session(path, threads, spinning=False)  # runners alternate in one process: see ort_session
+    sess = ort_session(path, threads)
     inp = sess.get_inputs()[0]
     shape = input_shape or tuple(d if isinstance(d, int) else 1 for d in inp.shape[1:])
     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)

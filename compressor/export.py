@@ -53,20 +53,12 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     return path
 
 
-def ort_session(model: str | Path | onnx.ModelProto, threads: int = 0, spinning: bool = True) -> ort.InferenceSession:
-    """A CPU session (all graph optimisations) on a file or an in-memory model; threads=0 lets ORT choose.
-
-    spinning=False stops the intra-op workers from busy-waiting between runs. Timing code that alternates several
-    sessions in one process needs it: on 2 cores an idle session's spinning workers took the cores from the one
-    being timed (ResNet-20 batch 64, INT8 5,143–5,346 img/s with spinning, 9,325–9,528 without; each model alone
-    in its own process, spinning on, ran 6.5–7.0 ms per batch, the latter figure).
-    """
+def ort_session(model: str | Path | onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session (all graph optimisations) on a file or an in-memory model; threads=0 lets ORT choose."""
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])

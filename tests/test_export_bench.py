@@ -51,27 +51,3 @@ def test_bench_cli_prints_trtexec_lines_and_json(tmp_path, teacher, cli):
     assert 0.3 < r["throughput"] < 3.0  # same file against itself, interleaved
     code, out, err = cli("bench", tmp_path / "missing.onnx")
     assert code == 2 and "does not exist" in err
-
-
-
-def test_timing_sessions_do_not_spin(tmp_path, teacher, monkeypatch):
-    """Sessions timed side by side in one process must not busy-wait: an idle one's workers steal the cores."""
-    from compressor import bench, export
-    from compressor.quant import latency
-
-    path = export_onnx(teacher, tmp_path / "m.onnx", (3, 32, 32))
-    key = "session.intra_op.allow_spinning"
-    assert export.ort_session(path, 1, spinning=False).get_session_options().get_session_config_entry(key) == "0"
-    made, real = [], export.ort_session
-
-    def recording(model, threads=0, spinning=True):
-        made.append(spinning)
-        return real(model, threads, spinning)
-
-    monkeypatch.setattr(latency, "ort_session", recording)
-    monkeypatch.setattr(export, "ort_session", recording)
-    images = np.zeros((2, 3, 32, 32), np.float32)
-    latency.measure_interleaved({"a": str(path), "b": str(path)}, images, batch=2, threads=1, rounds=1, repeat1=1,
-                                repeat_batch=1)
-    bench.onnx_runner(path, batch=1, threads=1)()
-    assert made == [False, False, False]

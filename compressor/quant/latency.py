@@ -41,7 +41,7 @@ def measure_interleaved(
     rounds: int = 7, repeat1: int = 30, repeat_batch: int = 5,
 ) -> dict[str, Latency]:
     """``images``: preprocessed float NCHW, at least ``batch`` of them. Models alternate within every round."""
-    sessions = {k: ort_session(m, threads, spinning=False) for k, m in models.items()}  # see ort_session
+    sessions = {k: ort_session(m, threads) for k, m in models.items()}
     x1, xb = images[:1], images[:batch]
     for s in sessions.values():  # warm-up: first runs allocate and pack weights
         _time(s, x1, 3)
