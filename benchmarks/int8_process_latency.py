@@ -16,7 +16,6 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,26 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 32, 32)
 
 
-def time_one(path: str, threads: int, batch: int, spin: bool) -> float:
-    """Median ms per batch of one session, alone in this process."""
-    import onnxruntime as ort
+def time_one(path: str, threads: int, batch: int) -> float:
+    """Median ms per batch of one session, alone in this process (the project's own timing loop)."""
+    from compressor.quant.latency import measure_interleaved
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((batch, *SHAPE), dtype=np.float32)
-    feed = {sess.get_inputs()[0].name: x}
-    for _ in range(5):
-        sess.run(None, feed)
-    rounds = []
-    for _ in range(7):
-        t = time.perf_counter()
-        for _ in range(10):
-            sess.run(None, feed)
-        rounds.append((time.perf_counter() - t) / 10 * 1e3)
-    return float(np.median(rounds))
+    return batch / measure_interleaved({"model": path}, x, batch, threads, rounds=7, repeat_batch=10)["model"].throughput * 1e3
 
 
 def build(model_name: str, weights: str, work: Path) -> tuple[Path, Path]:
@@ -75,16 +60,14 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--no-spin", action="store_true", help="session.intra_op.allow_spinning = 0")
     p.add_argument("--time", help=argparse.SUPPRESS)  # internal: time this ONNX file and print ms
     args = p.parse_args()
     if args.time:
-        print(f"{time_one(args.time, args.threads, args.batch, not args.no_spin):.4f}")
+        print(f"{time_one(args.time, args.threads, args.batch):.4f}")
         return
     fp32, int8 = build(args.model, args.weights, Path(tempfile.mkdtemp(prefix="int8-process-")))
     child = [sys.executable, __file__, "--threads", str(args.threads), "--batch", str(args.batch)]
-    child += ["--no-spin"] if args.no_spin else []
-    print(f"| pair | FP32 ms | INT8 ms | INT8 × FP32 throughput |\n|---|---|---|---|")
+    print("| pair | FP32 ms | INT8 ms | INT8 × FP32 throughput |\n|---|---|---|---|")
     ratios = []
     for i in range(args.pairs):
         f, q = (float(subprocess.run(child + ["--time", str(m)], check=True, capture_output=True, text=True).stdout)
@@ -92,8 +75,7 @@ def main() -> None:
         ratios.append(f / q)
         print(f"| {i + 1} | {f:.2f} | {q:.2f} | {f / q:.2f} |", flush=True)
     print(f"median INT8 × FP32 at batch {args.batch}: {np.median(ratios):.2f} "
-          f"(min {min(ratios):.2f}, max {max(ratios):.2f}; {args.threads} threads, spinning "
-          f"{'off' if args.no_spin else 'on'})")
+          f"(min {min(ratios):.2f}, max {max(ratios):.2f}; {args.threads} threads)")
 
 
 if __name__ == "__main__":

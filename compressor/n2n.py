@@ -621,8 +621,8 @@ class N2NSearch:
                                           config.fixed)
         self.reward = RewardFunction(
             ctx.validation_top1(parent), count_params(parent), count_macs(parent, self.input_shape),
-            config.size_measure, config.max_params, config.max_macs, config.penalty_epochs, config.min_params,
-            config.min_macs)
+            size_measure=config.size_measure, max_params=config.max_params, max_macs=config.max_macs,
+            penalty_epochs=config.penalty_epochs, min_params=config.min_params, min_macs=config.min_macs)
 
     # ------------------------------------------------------------------------------------- persistence
 
@@ -781,7 +781,8 @@ class N2NSearch:
         start = time.perf_counter()
         candidate, measured = self.search()
         search_seconds = time.perf_counter() - start
-        if measured is not None and not self.reward.within_limits(measured):
+        within = measured is None or self.reward.within_limits(measured)
+        if not within:
             warnings.warn(f"n2n: no student of the search met the size limits; handing on the best violator "
                           f"({measured.params:,} params, {measured.macs:,} MACs). Run more iterations or widen "
                           f"the limits", stacklevel=2)
@@ -809,7 +810,7 @@ class N2NSearch:
                 "reward": self.reward(measured, math.inf) if measured else None,
                 "params": count_params(student), "macs": count_macs(student, self.input_shape),
                 "removed_blocks": len(candidate.remove),
-                "within_limits": self.reward.within_limits(measured) if measured else True,
+                "within_limits": within,
             },
             "final_validation_top1": ctx.validation_top1(student),
             "history": [{k: v for k, v in h.items() if k != "actions"} for h in self.history()],
