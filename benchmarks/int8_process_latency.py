@@ -1,10 +1,9 @@
 """INT8 vs FP32 ORT-CPU throughput with each model timed alone in its own process, alternating A, B, A, B, ...
 
-`compressor.quant.latency.measure_interleaved` keeps every session in one process. There, the thread pool of the
-session that just ran may still be spinning while the next session runs, so on a 2-core machine the two
-measurements can disturb each other. This script gives each measurement a fresh process holding a single
-session, as a deployment would, and pairs FP32 and INT8 runs back to back so clock drift cancels within a pair.
-The INT8 model is the pass's ort-cpu emission for asymmetric / entropy / per-channel. The demo subset only
+The same measurement as the quantize pass's speed check (`compressor.quant.latency.measure_isolated`), printed
+pair by pair. `measure_interleaved` keeps every session in one process, where on a 2-core machine the idle
+session's thread pool disturbs the one being timed; a fresh process holding one session is what a deployment
+runs. The INT8 model is the pass's ort-cpu emission for asymmetric / entropy / per-channel. The demo subset only
 calibrates it.
 
     python benchmarks/int8_process_latency.py --pairs 6 --threads 2
@@ -13,8 +12,6 @@ calibrates it.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,14 +19,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 32, 32)
-
-
-def time_one(path: str, threads: int, batch: int) -> float:
-    """Median ms per batch of one session, alone in this process (the project's own timing loop)."""
-    from compressor.quant.latency import measure_interleaved
-
-    x = np.random.default_rng(0).random((batch, *SHAPE), dtype=np.float32)
-    return batch / measure_interleaved({"model": path}, x, batch, threads, rounds=7, repeat_batch=10)["model"].throughput * 1e3
 
 
 def build(model_name: str, weights: str, work: Path) -> tuple[Path, Path]:
@@ -60,18 +49,17 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--time", help=argparse.SUPPRESS)  # internal: time this ONNX file and print ms
     args = p.parse_args()
-    if args.time:
-        print(f"{time_one(args.time, args.threads, args.batch):.4f}")
-        return
-    fp32, int8 = build(args.model, args.weights, Path(tempfile.mkdtemp(prefix="int8-process-")))
-    child = [sys.executable, __file__, "--threads", str(args.threads), "--batch", str(args.batch)]
+    from compressor.quant.latency import time_in_child
+
+    work = Path(tempfile.mkdtemp(prefix="int8-process-"))
+    fp32, int8 = build(args.model, args.weights, work)
+    npy = work / "images.npy"
+    np.save(npy, np.random.default_rng(0).random((args.batch, *SHAPE), dtype=np.float32))
     print("| pair | FP32 ms | INT8 ms | INT8 × FP32 throughput |\n|---|---|---|---|")
     ratios = []
     for i in range(args.pairs):
-        f, q = (float(subprocess.run(child + ["--time", str(m)], check=True, capture_output=True, text=True).stdout)
-                for m in (fp32, int8))
+        f, q = (time_in_child(m, npy, args.threads, rounds=7, repeat_batch=10)["batch_ms"] for m in (fp32, int8))
         ratios.append(f / q)
         print(f"| {i + 1} | {f:.2f} | {q:.2f} | {f / q:.2f} |", flush=True)
     print(f"median INT8 × FP32 at batch {args.batch}: {np.median(ratios):.2f} "

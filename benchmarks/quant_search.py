@@ -3,7 +3,7 @@
 Phase ``measure`` (real measurements, slow): for each model, evaluate every configuration of the ort-cpu space on
 the validation split (the ground-truth grid), then report the best configuration's test top-1 against FP32 and
 ONNX Runtime's ``quantize_static`` defaults, and ORT-CPU latency (batch 1) and throughput (batch 64) of INT8 vs
-FP32 measured interleaved in one process. Writes ``<out>/grid_<model>.json``.
+FP32, each model timed in its own process as the pass does. Writes ``<out>/grid_<model>.json``.
 
 Phase ``search`` (cheap): replays the XGBoost tuner, random search and the GA against the measured grid (an
 evaluation is deterministic, so looking it up gives the same accuracy as re-measuring it; its cost is the measured
@@ -13,8 +13,9 @@ seconds) and reports evaluations and wall time to come within 0.1 point of the g
     python benchmarks/quant_search.py search
     python benchmarks/quant_search.py latency --models cifar_resnet20 cifar_resnet56
 
-Phase ``latency``: op types ORT runs and interleaved latency of FP32, ORT ``quantize_static`` defaults and our
-emission (a fixed configuration, plus the grid's selected one when the grid exists).
+Phase ``latency``: op types ORT runs and latency of FP32, ORT ``quantize_static`` defaults and our emission (a
+fixed configuration, plus the grid's selected one when the grid exists), by the pass's harness (``--harness
+isolated``: one process per measurement) or with every session in this process (``--harness interleaved``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from onnxruntime import quantization as ortq
 from compressor.data import Preprocess, load_dataset, make_splits
 from compressor.export import export_onnx
 from compressor.quant import qdq as qdq_module
-from compressor.quant.latency import candidates, measure_interleaved
+from compressor.quant.latency import candidates, measure_interleaved, measure_isolated
 from compressor.quant.problem import QuantProblem, top1_onnx
 from compressor.quant.space import QuantConfig
 from compressor.quant.tuner import (
@@ -129,7 +130,7 @@ def measure(args: argparse.Namespace) -> None:
             onnx.save(problem.build(cfg), paths[f"int8:{cfg.key()}"])
         paths["ort_default"] = str(ort_default(work / "fp32.onnx", splits.calibration, pp, work / "ort_default.onnx"))
         images = pp(splits.validation.images[:64]).numpy()
-        lat = measure_interleaved({"fp32": problem.float_model, **paths}, images)
+        lat = measure_isolated({"fp32": problem.float_model, **paths}, images)
         selected = max(pool, key=lambda c: lat[f"int8:{c.key()}"].throughput)
         record["best_config"] = pool[0].as_dict()
         record["selected_config"] = selected.as_dict()
@@ -177,7 +178,7 @@ def patched(module: object, name: str, value: object):  # noqa: ANN201
 
 def latency(args: argparse.Namespace) -> None:
     """FP32 vs ORT quantize_static defaults vs our INT8 emission: op types ORT runs, and latency measured
-    interleaved (batch 1 median, batch 64 throughput). Uses the grid's selected configuration when present."""
+    side by side (batch 1 median, batch 64 throughput). Uses the grid's selected configuration when present."""
     ds = load_dataset(args.data)
     splits = make_splits(ds, args.seed, validation=args.validation, calibration=args.calibration)
     pp = Preprocess()
@@ -198,9 +199,10 @@ def latency(args: argparse.Namespace) -> None:
             models["int8 asymmetric/entropy/per-channel, Slice/Pad shortcut"] = problem.build(
                 configs["int8 asymmetric/entropy/per-channel"])
         images = pp(splits.validation.images[:64]).numpy()
-        lat = measure_interleaved(models, images, rounds=args.rounds)
+        harness = measure_isolated if args.harness == "isolated" else measure_interleaved
+        lat = harness(models, images, rounds=args.rounds)
         out[name] = {k: {**lat[k].as_dict(), "op_types": optimized_op_types(m)} for k, m in models.items()}
-        print(f"\n## {name} (ORT {ort.__version__}, 2 intra-op threads, interleaved, median of {args.rounds} rounds)")
+        print(f"\n## {name} (ORT {ort.__version__}, 2 intra-op threads, {args.harness}, median of {args.rounds} rounds)")
         print("| model | batch-1 ms | batch-64 img/s | x FP32 throughput | ops ORT runs |")
         print("|---|---|---|---|---|")
         for k, v in out[name].items():
@@ -268,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--harness", choices=["isolated", "interleaved"], default="isolated",
+                    help="latency: one process per measurement (the pass's) or every session in this process")
     ap.add_argument("--out", type=Path, default=Path("out/quant_bench"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)

@@ -4,20 +4,33 @@ trtexec reports "Throughput: N qps" (queries = batched inferences per second of 
 "Latency: min, max, mean, median, percentile(90%), percentile(95%), percentile(99%)" in ms, after a warm-up of
 ``--warmUp`` ms and for ``--duration`` s. We print the same lines so existing parsers keep working, plus img/s.
 ``--vs`` measures two artifacts interleaved (A, B, A, B, …) so both see the same machine state.
+
+ONNX Runtime artifacts are timed in fresh processes that hold one session each (this module imports torch only
+when a torch backend is asked for, so ``python -m compressor.bench --child`` stays light): on a 2-core host an
+idle session's thread pool in the same process slows the session being timed, which made INT8 read 1.85-1.98x
+FP32 interleaved in one process where it runs 2.1-2.6x alone (BENCHMARKS.md). With ``--vs`` the two artifacts
+alternate in ``WINDOWS`` windows each.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from .errors import CompressorError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 Runner = Callable[[], "float | None"]  # one synchronous inference; may return device time in ms
 
@@ -71,7 +84,7 @@ def measure(runners: list[Runner], settings: BenchSettings) -> list[tuple[list[f
 
 
 def onnx_runner(path: str | Path, batch: int, threads: int, input_shape: tuple[int, ...] | None = None) -> Runner:
-    from .export import ort_session
+    from .ort_timing import ort_session
 
     sess = ort_session(path, threads)
     inp = sess.get_inputs()[0]
@@ -82,6 +95,8 @@ def onnx_runner(path: str | Path, batch: int, threads: int, input_shape: tuple[i
 
 
 def torch_runner(model: nn.Module, batch: int, threads: int, input_shape: tuple[int, ...]) -> Runner:
+    import torch
+
     torch.set_num_threads(threads)
     model.eval()
     x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
@@ -108,6 +123,18 @@ def format_summary(label: str, s: dict) -> str:
 BACKENDS = ("auto", "onnxruntime-cpu", "torch-cpu", "torch-cuda", "torch-int8", "tensorrt")
 
 
+def resolve_backend(artifact: str, backend: str) -> str:
+    """``auto`` is onnxruntime-cpu for .onnx, tensorrt for .engine/.plan, torch-cpu otherwise."""
+    if backend == "auto":
+        return ("onnxruntime-cpu" if str(artifact).endswith(".onnx")
+                else "tensorrt" if str(artifact).endswith((".engine", ".plan")) else "torch-cpu")
+    if backend not in BACKENDS:
+        raise CompressorError(f"unknown bench backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "onnxruntime-cpu" and not str(artifact).endswith(".onnx"):
+        raise CompressorError(f"backend onnxruntime-cpu needs an .onnx artifact, got {artifact}")
+    return backend
+
+
 def make_runner(artifact: str, backend: str, batch: int, threads: int,
                 model_loader: Callable[[str], tuple[nn.Module, tuple]], fp16: bool = False, cuda_graph: bool = False) -> Runner:
     """Pick the runner for an artifact.
@@ -116,19 +143,13 @@ def make_runner(artifact: str, backend: str, batch: int, threads: int,
     compressor stage file). tensorrt: a serialized engine. ``auto`` is onnxruntime-cpu for .onnx, tensorrt for
     .engine/.plan, torch-cpu otherwise.
     """
-    if backend == "auto":
-        backend = ("onnxruntime-cpu" if artifact.endswith(".onnx")
-                   else "tensorrt" if artifact.endswith((".engine", ".plan")) else "torch-cpu")
+    backend = resolve_backend(artifact, backend)
     if backend == "onnxruntime-cpu":
-        if not artifact.endswith(".onnx"):
-            raise CompressorError(f"backend onnxruntime-cpu needs an .onnx artifact, got {artifact}")
         return onnx_runner(artifact, batch, threads)
     if backend == "tensorrt":
         from .gpu_backends import make_tensorrt_runner
 
         return make_tensorrt_runner(artifact, batch)
-    if backend not in BACKENDS:
-        raise CompressorError(f"unknown bench backend {backend!r}; choose from {', '.join(BACKENDS)}")
     model, shape = model_loader(artifact)
     if backend == "torch-cpu":
         return torch_runner(model, batch, threads, shape)
@@ -138,6 +159,8 @@ def make_runner(artifact: str, backend: str, batch: int, threads: int,
         return make_torch_cuda_runner(model, batch, fp16, cuda_graph, shape)
     # torch-int8: our fused INT8 kernels (CUDA when present, CPU twins otherwise). Scales are calibrated on
     # random inputs: they set values, not speed, so this measures latency only, never accuracy.
+    import torch
+
     from .fusion import fold_batchnorm
     from .kernels import build_int8_model, calibrate_input_scales, load_ops, make_torch_int8_runner
 
@@ -149,9 +172,47 @@ def make_runner(artifact: str, backend: str, batch: int, threads: int,
     return make_torch_int8_runner(int8, batch, "cuda" if torch.cuda.is_available() else "cpu")
 
 
-def bench_onnx_pair(path_a: str | Path, path_b: str | Path | None, batch: int, settings: BenchSettings) -> list[dict]:
-    """Interleaved measurement of one or two ONNX files (used by the report and the INT8 faster-check)."""
-    runners = [onnx_runner(path_a, batch, settings.threads)]
-    if path_b is not None:
-        runners.append(onnx_runner(path_b, batch, settings.threads))
-    return [summarize(lat, batch, wall) for lat, wall in measure(runners, settings)]
+WINDOWS = 3  # measurement windows per artifact when several ONNX artifacts alternate
+
+
+def measure_onnx_isolated(paths: list[str | Path], batch: int, settings: BenchSettings,
+                          windows: int = WINDOWS) -> list[tuple[list[float], float]]:
+    """``measure`` for ONNX files, each window in a fresh process holding one session. Several files alternate
+    (A, B, A, B, ...) over ``windows`` windows that split ``duration`` and ``iterations``; a single file is one
+    window. Returns per file (latencies in ms, summed wall time in s)."""
+    windows = windows if len(paths) > 1 else 1
+    child = replace(settings, duration=settings.duration / windows, iterations=math.ceil(settings.iterations / windows))
+    lats: list[list[float]] = [[] for _ in paths]
+    walls = [0.0] * len(paths)
+    for _ in range(windows):
+        for i, path in enumerate(paths):
+            cmd = [sys.executable, "-m", "compressor.bench", "--child", str(path), "--batch", str(batch),
+                   "--settings", json.dumps(asdict(child))]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise CompressorError(f"benchmarking {path} in a child process failed: {last}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            lats[i] += result["latencies_ms"]
+            walls[i] += result["wall_s"]
+    return list(zip(lats, walls))
+
+
+def bench_onnx(paths: list[str | Path], batch: int, settings: BenchSettings) -> list[dict]:
+    """trtexec-style figures of ONNX files measured in their own processes (used by the CLI and the report)."""
+    return [summarize(lat, batch, wall) for lat, wall in measure_onnx_isolated(paths, batch, settings)]
+
+
+def _child() -> None:
+    p = argparse.ArgumentParser(description="Time one ONNX file alone in this process; print JSON.")
+    p.add_argument("--child", required=True)
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--settings", required=True)
+    args = p.parse_args()
+    settings = BenchSettings(**json.loads(args.settings))
+    (lat, wall), = measure([onnx_runner(args.child, args.batch, settings.threads)], settings)
+    print(json.dumps({"latencies_ms": lat, "wall_s": wall}))
+
+
+if __name__ == "__main__":
+    _child()

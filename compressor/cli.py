@@ -182,12 +182,13 @@ def passes():
 @click.option("--cuda-graph", is_flag=True, help="torch-cuda: replay one captured CUDA graph.")
 @click.option("--model", help="Architecture for a state_dict artifact (torch-cpu).")
 @click.option("--input-shape", default="3,32,32", help="C,H,W for torch artifacts.")
-@click.option("--vs", "other", help="A second artifact measured interleaved in the same run.")
+@click.option("--vs", "other", help="A second artifact measured in the same run, alternating with the first "
+              "(ONNX files: each window in its own process).")
 @click.option("--json", "json_path", help="Write the figures as JSON.")
 def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16, cuda_graph, model, input_shape, other,
           json_path):
     """Measure latency and throughput, printed as trtexec prints them."""
-    from .bench import BenchSettings, format_summary, make_runner, measure, summarize
+    from .bench import BenchSettings, bench_onnx, format_summary, make_runner, measure, resolve_backend, summarize
     from .models import load_user_model
     from .report import write_atomic
 
@@ -206,11 +207,15 @@ def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16,
         raise CompressorError(f"--batch {batch!r} must be comma-separated integers") from None
     settings = BenchSettings(warmup, duration, iterations, threads)
     results: dict = {"artifact": artifact, "vs": other, "backend": backend, "threads": threads, "results": []}
+    artifacts = [artifact] + ([other] if other else [])
+    # ONNX Runtime artifacts are timed in their own processes (see bench.py); other backends in this one.
+    isolated = all(resolve_backend(a, backend) == "onnxruntime-cpu" for a in artifacts)
     for b in batches:
-        runners = [make_runner(artifact, backend, b, threads, loader, fp16, cuda_graph)]
-        if other:
-            runners.append(make_runner(other, backend, b, threads, loader, fp16, cuda_graph))
-        measured = [summarize(lat, b, wall) for lat, wall in measure(runners, settings)]
+        if isolated:
+            measured = bench_onnx(artifacts, b, settings)
+        else:
+            runners = [make_runner(a, backend, b, threads, loader, fp16, cuda_graph) for a in artifacts]
+            measured = [summarize(lat, b, wall) for lat, wall in measure(runners, settings)]
         entry = {"batch": b, artifact: measured[0]}
         click.echo(format_summary(artifact, measured[0]))
         if other:

@@ -16,6 +16,7 @@ from .data import Preprocess, Split
 from .errors import CompressorError
 from .files import atomic_path
 from .metrics import predict
+from .ort_timing import ort_session
 
 OPSET = 17
 
@@ -51,17 +52,6 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     except Exception as exc:
         raise CompressorError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     return path
-
-
-def ort_session(model: str | Path | onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session (all graph optimisations) on a file or an in-memory model; threads=0 lets ORT choose."""
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
 def ort_predict(session: ort.InferenceSession, split: Split, preprocess: Preprocess, batch_size: int = 500) -> np.ndarray:

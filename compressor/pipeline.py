@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from .bench import BenchSettings, bench_onnx_pair
+from .bench import BenchSettings, bench_onnx
 from .data import Preprocess, load_dataset, make_splits
 from .errors import CompressorError, GateFailed
 from .export import check_parity, export_onnx, ort_predict, ort_session
@@ -80,7 +80,7 @@ class Pipeline:
         record.onnx_path = str(onnx_path.relative_to(self.out_dir))
         record.onnx_size_mb = onnx_path.stat().st_size / 2**20
         if self.recipe.bench.enabled:
-            stats = {b: bench_onnx_pair(onnx_path, None, b, self.bench)[0] for b in self.recipe.bench.batches}
+            stats = {b: bench_onnx([onnx_path], b, self.bench)[0] for b in self.recipe.bench.batches}
             record.details["bench"] = stats
             if 1 in stats:
                 record.latency_b1_p50_ms = stats[1]["latency_ms"]["median"]

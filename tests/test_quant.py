@@ -16,12 +16,13 @@ from onnx import numpy_helper
 from onnxruntime import quantization as ortq
 
 from compressor.data import Preprocess, load_dataset, make_splits
+from compressor.errors import CompressorError
 from compressor.export import export_onnx
 from compressor.passes.base import Context
 from compressor.passes.quantize import Quantize
 from compressor.quant import qdq as qdq_module
 from compressor.quant.calibrate import Calibrator, StatsTable
-from compressor.quant.latency import Latency, candidates, deployment, speed_check
+from compressor.quant.latency import Latency, candidates, deployment, measure_isolated, speed_check
 from compressor.quant.problem import QuantProblem, top1_onnx
 from compressor.quant.qdq import quantize
 from compressor.quant.qdq_rules import check_tensorrt
@@ -302,8 +303,37 @@ def test_speed_check_logic():
     assert candidates({"a": 97.0, "b": 97.3, "c": 97.2}, 0.05) == ["b"]
 
 
+def _conv_model(widths: list[int]) -> onnx.ModelProto:
+    """float NCHW 3x32x32 -> a chain of 3x3 convs with these output widths (an empty list is one Relu)."""
+    h = onnx.helper
+    nodes, inits, prev, c_in = [], [], "input", 3
+    for i, c_out in enumerate(widths):
+        w = np.random.default_rng(i).standard_normal((c_out, c_in, 3, 3)).astype(np.float32) * 0.1
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(h.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        prev, c_in = f"c{i}", c_out
+    nodes.append(h.make_node("Relu", [prev], ["output"]))
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["n", 3, 32, 32])],
+                         [h.make_tensor_value_info("output", onnx.TensorProto.FLOAT, None)], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_measure_isolated_times_each_model_in_a_child_process(tmp_path):
+    heavy = tmp_path / "heavy.onnx"
+    onnx.save(_conv_model([64, 64, 64]), heavy)  # ~75 M MACs per image against a bare Relu
+    images = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)
+    lat = measure_isolated({"light": _conv_model([]), "heavy": str(heavy)}, images, batch=4, threads=1, rounds=2,
+                           repeat1=3, repeat_batch=2)
+    assert lat["light"].batch == lat["heavy"].batch == 4
+    assert lat["heavy"].throughput * 5 < lat["light"].throughput and lat["heavy"].batch1_ms > 5 * lat["light"].batch1_ms
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(CompressorError, match="timing bad.onnx in a child process failed"):
+        measure_isolated({"bad": str(bad)}, images, batch=4, threads=1, rounds=1)
+
+
 def test_quantize_pass_reports_and_falls_back_when_int8_is_slower(splits, teacher, tmp_path, monkeypatch):
-    def slower_int8(models, images, batch, threads):
+    def slower_int8(models, images, batch, threads, progress):
         assert "fp32" in models and 1 <= len(models) - 1 <= 4
         return {k: Latency(0.5, 3000.0, batch) if k == "fp32" else Latency(1.0, 1500.0, batch) for k in models}
 
@@ -322,7 +352,7 @@ def test_quantize_pass_reports_and_falls_back_when_int8_is_slower(splits, teache
 
 
 def test_quantize_pass_deploys_a_faster_int8_candidate(splits, teacher, tmp_path, monkeypatch):
-    def only_fusable_is_fast(models, images, batch, threads):
+    def only_fusable_is_fast(models, images, batch, threads, progress):
         # Keys are "int8:<config key>"; pretend only fully fusable emissions (not symmetric int8, no float layers)
         # beat FP32, as measured on this CPU.
         def fast(k):

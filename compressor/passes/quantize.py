@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import CompressorError
 from ..export import export_onnx
 from ..files import atomic_path
-from ..quant.latency import candidates, deployment, measure_interleaved, speed_check
+from ..quant.latency import candidates, deployment, measure_isolated, speed_check
 from ..quant.problem import QuantProblem, top1_onnx
 from ..quant.qdq_rules import check_tensorrt
 from ..quant.space import TARGETS
@@ -73,7 +73,8 @@ class Quantize:
     """Searched INT8 PTQ for ONNX Runtime CPU (``ort-cpu``) or TensorRT-compliant QDQ (``tensorrt``)."""
 
     name: ClassVar[str] = "quantize"
-    measure_latency = staticmethod(measure_interleaved)  # replaced by tests to inject latencies
+    # Each model is timed in its own process (see quant.latency); tests replace this to inject latencies.
+    measure_latency = staticmethod(measure_isolated)
 
     @dataclass
     class Config:
@@ -146,7 +147,8 @@ class Quantize:
                 pool.append(top)
         models = {f"int8:{cfg.key()}": problem.build(cfg) for cfg in pool}
         images = ctx.preprocess(ctx.splits.validation.images[: c.latency_batch]).numpy()
-        lat = self.measure_latency({"fp32": problem.float_model, **models}, images, c.latency_batch, c.threads)
+        lat = self.measure_latency({"fp32": problem.float_model, **models}, images, c.latency_batch, c.threads,
+                                  progress=ctx.progress)
         checks = {cfg: speed_check(lat["fp32"], lat[f"int8:{cfg.key()}"], c.min_speedup) for cfg in pool}
         best_acc = max(problem.results.values())
         fast = [cfg for cfg in pool if checks[cfg]["int8_faster"]

@@ -7,7 +7,7 @@ table per calibration size, ranges derived per clipping) → ``qdq`` (QDQ emissi
 """
 
 from .calibrate import Calibrator, StatsTable
-from .latency import Latency, measure_interleaved, speed_check
+from .latency import Latency, measure_interleaved, measure_isolated, speed_check
 from .problem import QuantProblem
 from .qdq import quantize
 from .qdq_rules import check_tensorrt
@@ -16,6 +16,6 @@ from .tuner import Budget, GeneticSearch, GridSearch, RandomSearch, XGBoostTuner
 
 __all__ = [
     "Budget", "Calibrator", "GeneticSearch", "GridSearch", "Latency", "QuantConfig", "QuantProblem", "RandomSearch",
-    "StatsTable", "XGBoostTuner", "check_tensorrt", "config_space", "load_db", "measure_interleaved", "quantize",
-    "search", "speed_check",
+    "StatsTable", "XGBoostTuner", "check_tensorrt", "config_space", "load_db", "measure_interleaved",
+    "measure_isolated", "quantize", "search", "speed_check",
 ]
