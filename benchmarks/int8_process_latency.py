@@ -50,16 +50,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
     args = p.parse_args()
-    from compressor.quant.latency import time_in_child
+    from compressor.quant.latency import measure_isolated
 
-    work = Path(tempfile.mkdtemp(prefix="int8-process-"))
-    fp32, int8 = build(args.model, args.weights, work)
-    npy = work / "images.npy"
-    np.save(npy, np.random.default_rng(0).random((args.batch, *SHAPE), dtype=np.float32))
+    fp32, int8 = build(args.model, args.weights, Path(tempfile.mkdtemp(prefix="int8-process-")))
+    x = np.random.default_rng(0).random((args.batch, *SHAPE), dtype=np.float32)
     print("| pair | FP32 ms | INT8 ms | INT8 × FP32 throughput |\n|---|---|---|---|")
     ratios = []
     for i in range(args.pairs):
-        f, q = (time_in_child(m, npy, args.threads, rounds=7, repeat_batch=10)["batch_ms"] for m in (fp32, int8))
+        lat = measure_isolated({"fp32": str(fp32), "int8": str(int8)}, x, args.batch, args.threads, rounds=1, seconds=1.0)
+        f, q = (args.batch / lat[k].throughput * 1e3 for k in ("fp32", "int8"))
         ratios.append(f / q)
         print(f"| {i + 1} | {f:.2f} | {q:.2f} | {f / q:.2f} |", flush=True)
     print(f"median INT8 × FP32 at batch {args.batch}: {np.median(ratios):.2f} "

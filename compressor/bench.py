@@ -8,8 +8,8 @@ trtexec reports "Throughput: N qps" (queries = batched inferences per second of 
 ONNX Runtime artifacts are timed in fresh processes that hold one session each (this module imports torch only
 when a torch backend is asked for, so ``python -m compressor.bench --child`` stays light): on a 2-core host an
 idle session's thread pool in the same process slows the session being timed, which made INT8 read 1.85-1.98x
-FP32 interleaved in one process where it runs 2.1-2.6x alone (BENCHMARKS.md). With ``--vs`` the two artifacts
-alternate in ``WINDOWS`` windows each.
+FP32 interleaved in one process where it runs 2.1-2.6x alone (BENCHMARKS.md). Several artifacts alternate
+window by window, A, B, A, B, ...; the quantize pass's INT8-faster check uses the same children.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .errors import CompressorError
 
@@ -83,13 +84,17 @@ def measure(runners: list[Runner], settings: BenchSettings) -> list[tuple[list[f
     return list(zip(lats, walls))
 
 
-def onnx_runner(path: str | Path, batch: int, threads: int, input_shape: tuple[int, ...] | None = None) -> Runner:
-    from .ort_timing import ort_session
+def onnx_runner(path: str | Path, batch: int, threads: int, inputs: np.ndarray | None = None) -> Runner:
+    """``inputs``: images to feed (repeated up to ``batch``); random normal values of the model's shape if None."""
+    from .sessions import ort_session
 
     sess = ort_session(path, threads)
     inp = sess.get_inputs()[0]
-    shape = input_shape or tuple(d if isinstance(d, int) else 1 for d in inp.shape[1:])
-    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    if inputs is None:
+        shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape[1:])
+        x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    else:
+        x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)
     feed = {inp.name: x}
     return lambda: sess.run(None, feed) and None
 
@@ -174,44 +179,61 @@ def make_runner(artifact: str, backend: str, batch: int, threads: int,
 
 WINDOWS = 3  # measurement windows per artifact when several ONNX artifacts alternate
 
+Measured = tuple[list[float], float]  # latencies in ms, summed wall time in s
 
-def measure_onnx_isolated(paths: list[str | Path], batch: int, settings: BenchSettings,
-                          windows: int = WINDOWS) -> list[tuple[list[float], float]]:
-    """``measure`` for ONNX files, each window in a fresh process holding one session. Several files alternate
-    (A, B, A, B, ...) over ``windows`` windows that split ``duration`` and ``iterations``; a single file is one
-    window. Returns per file (latencies in ms, summed wall time in s)."""
+
+def measure_onnx_isolated(paths: list[str | Path], batches: list[int], settings: BenchSettings,
+                          windows: int = WINDOWS, inputs: str | Path | None = None,
+                          progress: bool = False) -> dict[int, list[Measured]]:
+    """``measure`` for ONNX files, each window a fresh process that holds one session and times every batch
+    size. Several files alternate (A, B, A, B, ...) over ``windows`` windows that split ``duration`` and
+    ``iterations``; a single file is one window. ``inputs``: an .npy of images to feed instead of random values.
+    Returns, per batch size, per file (latencies in ms, summed wall time in s)."""
     windows = windows if len(paths) > 1 else 1
     child = replace(settings, duration=settings.duration / windows, iterations=math.ceil(settings.iterations / windows))
-    lats: list[list[float]] = [[] for _ in paths]
-    walls = [0.0] * len(paths)
+    measured: dict[int, list[Measured]] = {b: [([], 0.0) for _ in paths] for b in batches}
+    bar = tqdm(total=windows * len(paths), desc="latency", disable=not progress, leave=False)
     for _ in range(windows):
         for i, path in enumerate(paths):
-            cmd = [sys.executable, "-m", "compressor.bench", "--child", str(path), "--batch", str(batch),
-                   "--settings", json.dumps(asdict(child))]
+            cmd = [sys.executable, "-m", "compressor.bench", "--child", str(path), "--batches",
+                   ",".join(map(str, batches)), "--settings", json.dumps(asdict(child))]
+            if inputs is not None:
+                cmd += ["--inputs", str(inputs)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise CompressorError(f"benchmarking {path} in a child process failed: {last}")
+                raise CompressorError(f"benchmarking {Path(path).name} in a child process failed: {last}")
             result = json.loads(done.stdout.strip().splitlines()[-1])
-            lats[i] += result["latencies_ms"]
-            walls[i] += result["wall_s"]
-    return list(zip(lats, walls))
+            for b in batches:
+                lat, wall = measured[b][i]
+                measured[b][i] = (lat + result[str(b)]["latencies_ms"], wall + result[str(b)]["wall_s"])
+            bar.update()
+    bar.close()
+    return measured
 
 
-def bench_onnx(paths: list[str | Path], batch: int, settings: BenchSettings) -> list[dict]:
-    """trtexec-style figures of ONNX files measured in their own processes (used by the CLI and the report)."""
-    return [summarize(lat, batch, wall) for lat, wall in measure_onnx_isolated(paths, batch, settings)]
+def bench_onnx(paths: list[str | Path], batches: list[int], settings: BenchSettings) -> dict[int, list[dict]]:
+    """trtexec-style figures per batch size of ONNX files, each measured in its own processes."""
+    measured = measure_onnx_isolated(paths, batches, settings)
+    return {b: [summarize(lat, b, wall) for lat, wall in measured[b]] for b in batches}
 
 
 def _child() -> None:
     p = argparse.ArgumentParser(description="Time one ONNX file alone in this process; print JSON.")
     p.add_argument("--child", required=True)
-    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--batches", required=True)
     p.add_argument("--settings", required=True)
+    p.add_argument("--inputs")
     args = p.parse_args()
     settings = BenchSettings(**json.loads(args.settings))
-    (lat, wall), = measure([onnx_runner(args.child, args.batch, settings.threads)], settings)
-    print(json.dumps({"latencies_ms": lat, "wall_s": wall}))
+    inputs = None if args.inputs is None else np.load(args.inputs)
+    result = {}
+    for b in map(int, args.batches.split(",")):
+        run = onnx_runner(args.child, b, settings.threads, inputs)  # one session alive at a time
+        (lat, wall), = measure([run], settings)
+        del run
+        result[b] = {"latencies_ms": lat, "wall_s": wall}
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

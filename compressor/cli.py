@@ -210,9 +210,10 @@ def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16,
     artifacts = [artifact] + ([other] if other else [])
     # ONNX Runtime artifacts are timed in their own processes (see bench.py); other backends in this one.
     isolated = all(resolve_backend(a, backend) == "onnxruntime-cpu" for a in artifacts)
+    by_batch = bench_onnx(artifacts, batches, settings) if isolated else {}
     for b in batches:
         if isolated:
-            measured = bench_onnx(artifacts, b, settings)
+            measured = by_batch[b]
         else:
             runners = [make_runner(a, backend, b, threads, loader, fp16, cuda_graph) for a in artifacts]
             measured = [summarize(lat, b, wall) for lat, wall in measure(runners, settings)]

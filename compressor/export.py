@@ -16,7 +16,7 @@ from .data import Preprocess, Split
 from .errors import CompressorError
 from .files import atomic_path
 from .metrics import predict
-from .ort_timing import ort_session
+from .sessions import ort_session
 
 OPSET = 17
 

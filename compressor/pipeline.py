@@ -80,7 +80,7 @@ class Pipeline:
         record.onnx_path = str(onnx_path.relative_to(self.out_dir))
         record.onnx_size_mb = onnx_path.stat().st_size / 2**20
         if self.recipe.bench.enabled:
-            stats = {b: bench_onnx([onnx_path], b, self.bench)[0] for b in self.recipe.bench.batches}
+            stats = {b: s[0] for b, s in bench_onnx([onnx_path], self.recipe.bench.batches, self.bench).items()}
             record.details["bench"] = stats
             if 1 in stats:
                 record.latency_b1_p50_ms = stats[1]["latency_ms"]["median"]

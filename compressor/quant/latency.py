@@ -11,20 +11,17 @@ session, as a deployment would. ``measure_interleaved`` keeps every session in t
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
+import onnxruntime as ort
 
-from .. import ort_timing
-from ..errors import CompressorError
-from ..ort_timing import ort_session, seconds_per_run, warm_up
+from ..bench import BenchSettings, measure_onnx_isolated
+from ..sessions import ort_session
 
 
 @dataclass
@@ -39,6 +36,14 @@ class Latency:
         return asdict(self)
 
 
+def _time(sess: ort.InferenceSession, x: np.ndarray, repeat: int) -> float:
+    name = sess.get_inputs()[0].name
+    t = time.perf_counter()
+    for _ in range(repeat):
+        sess.run(None, {name: x})
+    return (time.perf_counter() - t) / repeat
+
+
 def measure_interleaved(
     models: dict[str, onnx.ModelProto | str], images: np.ndarray, batch: int = 64, threads: int = 2,
     rounds: int = 7, repeat1: int = 30, repeat_batch: int = 5,
@@ -46,59 +51,41 @@ def measure_interleaved(
     """``images``: preprocessed float NCHW, at least ``batch`` of them. Models alternate within every round."""
     sessions = {k: ort_session(m, threads) for k, m in models.items()}
     x1, xb = images[:1], images[:batch]
-    for s in sessions.values():
-        warm_up(s, x1, xb)
+    for s in sessions.values():  # warm-up: first runs allocate and pack weights
+        _time(s, x1, 3)
+        _time(s, xb, 1)
     one: dict[str, list[float]] = {k: [] for k in sessions}
     many: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(rounds):
         for k, s in sessions.items():
-            one[k].append(seconds_per_run(s, x1, repeat1))
-            many[k].append(seconds_per_run(s, xb, repeat_batch))
+            one[k].append(_time(s, x1, repeat1))
+            many[k].append(_time(s, xb, repeat_batch))
     return {
         k: Latency(float(np.median(one[k]) * 1e3), float(len(xb) / np.median(many[k])), len(xb)) for k in sessions
     }
 
 
-def time_in_child(path: str | Path, images_npy: str | Path, threads: int, rounds: int = 3, repeat1: int = 30,
-                  repeat_batch: int = 5, timeout: float = 600) -> dict:
-    """Time one ONNX file in a fresh Python process running ``ort_timing.py`` as a script (imports only ORT)."""
-    cmd = [sys.executable, ort_timing.__file__, str(path), str(images_npy), "--threads", str(threads),
-           "--rounds", str(rounds), "--repeat1", str(repeat1), "--repeat-batch", str(repeat_batch)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CompressorError(f"timing {Path(path).name} in a child process failed: {last}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def measure_isolated(
     models: dict[str, onnx.ModelProto | str], images: np.ndarray, batch: int = 64, threads: int = 2,
-    rounds: int = 5, repeat1: int = 30, repeat_batch: int = 5, progress: bool = False,
+    rounds: int = 5, seconds: float = 0.4, progress: bool = False,
 ) -> dict[str, Latency]:
-    """Like ``measure_interleaved``, but every measurement is a fresh process holding one session. Rounds
-    alternate the models (A, B, A, B, ...) so clock drift is shared; each figure is the median over rounds."""
-    one: dict[str, list[float]] = {k: [] for k in models}
-    many: dict[str, list[float]] = {k: [] for k in models}
+    """Like ``measure_interleaved``, but each round times every model in a fresh process that holds only its
+    session (``bench.measure_onnx_isolated``), the models alternating round by round; ``seconds`` of measurement
+    per model, round and batch size. Both figures come from the median run."""
     with tempfile.TemporaryDirectory(prefix="compressor-latency-") as tmp:
-        paths = {}
-        for i, (k, m) in enumerate(models.items()):
+        paths = []
+        for i, m in enumerate(models.values()):
             if isinstance(m, onnx.ModelProto):
-                paths[k] = Path(tmp) / f"model{i}.onnx"
-                onnx.save(m, paths[k])
+                paths.append(Path(tmp) / f"model{i}.onnx")
+                onnx.save(m, paths[-1])
             else:
-                paths[k] = Path(m)
-        npy = Path(tmp) / "images.npy"
+                paths.append(Path(m))
+        npy = Path(tmp) / "inputs.npy"
         np.save(npy, np.ascontiguousarray(images[:batch], dtype=np.float32))
-        bar = tqdm(total=rounds * len(models), desc="latency", disable=not progress, leave=False)
-        for _ in range(rounds):
-            for k, path in paths.items():
-                t = time_in_child(path, npy, threads, repeat1=repeat1, repeat_batch=repeat_batch)
-                one[k].append(t["batch1_ms"])
-                many[k].append(t["batch_ms"])
-                bar.update()
-        bar.close()
-    n = len(images[:batch])
-    return {k: Latency(float(np.median(one[k])), float(n / np.median(many[k]) * 1e3), n) for k in models}
+        settings = BenchSettings(warmup=0.1, duration=seconds * rounds, iterations=3 * rounds, threads=threads)
+        measured = measure_onnx_isolated(paths, [1, batch], settings, windows=rounds, inputs=npy, progress=progress)
+    return {k: Latency(float(np.median(measured[1][i][0])), float(batch * 1e3 / np.median(measured[batch][i][0])), batch)
+            for i, k in enumerate(models)}
 
 
 def speed_check(fp32: Latency, int8: Latency, min_speedup: float = 1.0) -> dict:
