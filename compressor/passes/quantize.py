@@ -87,7 +87,9 @@ class Quantize:
         best validation top-1 (plus, on ort-cpu, the best fully fusable one) are timed against FP32.
         speed_accuracy_budget: points of validation top-1 the pass may give up for an INT8 model that is faster
         than FP32; the most accurate such candidate is written, else the most accurate candidate.
-        fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on ORT-CPU."""
+        fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on ORT-CPU.
+        min_speedup / latency_batch / threads: the speed-up INT8 must reach at batch 1 and at ``latency_batch``,
+        timed with that many ORT intra-op threads, each model in its own process (``measure_isolated``)."""
 
         target: str = "ort-cpu"
         strategy: str = "xgboost"
