@@ -193,7 +193,8 @@ def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16,
     from .report import write_atomic
 
     shape = tuple(_parse_shape(input_shape))
-    for a in [artifact] + ([other] if other else []):
+    artifacts = [artifact] + ([other] if other else [])
+    for a in artifacts:
         if not Path(a).is_file():
             raise CompressorError(f"artifact {a} does not exist")
 
@@ -207,16 +208,15 @@ def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16,
         raise CompressorError(f"--batch {batch!r} must be comma-separated integers") from None
     settings = BenchSettings(warmup, duration, iterations, threads)
     results: dict = {"artifact": artifact, "vs": other, "backend": backend, "threads": threads, "results": []}
-    artifacts = [artifact] + ([other] if other else [])
     # ONNX Runtime artifacts are timed in their own processes (see bench.py); other backends in this one.
-    isolated = all(resolve_backend(a, backend) == "onnxruntime-cpu" for a in artifacts)
-    by_batch = bench_onnx(artifacts, batches, settings) if isolated else {}
+    if all(resolve_backend(a, backend) == "onnxruntime-cpu" for a in artifacts):
+        by_batch = bench_onnx(artifacts, batches, settings)
+    else:
+        by_batch = {b: [summarize(lat, b, wall) for lat, wall in measure(
+            [make_runner(a, backend, b, threads, loader, fp16, cuda_graph) for a in artifacts], settings)]
+            for b in batches}
     for b in batches:
-        if isolated:
-            measured = by_batch[b]
-        else:
-            runners = [make_runner(a, backend, b, threads, loader, fp16, cuda_graph) for a in artifacts]
-            measured = [summarize(lat, b, wall) for lat, wall in measure(runners, settings)]
+        measured = by_batch[b]
         entry = {"batch": b, artifact: measured[0]}
         click.echo(format_summary(artifact, measured[0]))
         if other:
