@@ -1,6 +1,6 @@
 """INT8 vs FP32 ORT-CPU throughput with each model timed alone in its own process, alternating A, B, A, B, ...
 
-The same measurement as the quantize pass's speed check (`compressor.quant.latency.measure_isolated`), printed
+The same measurement as the quantize pass's speed check (`compressor.runtime.latency.measure_isolated`), printed
 pair by pair. `measure_interleaved` keeps every session in one process, where on a 2-core machine the idle
 session's thread pool disturbs the one being timed; a fresh process holding one session is what a deployment
 runs. The INT8 model is the pass's ort-cpu emission for asymmetric / entropy / per-channel. The demo subset only
@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
     args = p.parse_args()
-    from compressor.quant.latency import measure_isolated
+    from compressor.runtime.latency import measure_isolated
 
     fp32, int8 = build(args.model, args.weights, Path(tempfile.mkdtemp(prefix="int8-process-")))
     x = np.random.default_rng(0).random((args.batch, *SHAPE), dtype=np.float32)

@@ -24,10 +24,10 @@ from compressor.core.zoo import ZOO
 from compressor.graph.fusion import fold_batchnorm
 from compressor.passes.base import Context
 from compressor.passes.prune import Prune, PruneConfig
-from compressor.quant.latency import measure_interleaved
 from compressor.quant.problem import QuantProblem
 from compressor.quant.space import QuantConfig
 from compressor.runtime.export import export_onnx
+from compressor.runtime.latency import measure_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 32, 32)

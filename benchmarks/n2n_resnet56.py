@@ -23,9 +23,10 @@ import torch
 
 from compressor.core.data import Preprocess, load_dataset, make_splits
 from compressor.core.metrics import count_macs, count_params, predict, top1
-from compressor.core.train import BN_MODES, PRECISIONS, FinetuneConfig, distill
+from compressor.core.train import BN_MODES, TRAIN_PRECISIONS, FinetuneConfig, distill
 from compressor.core.zoo import ZOO
-from compressor.n2n.search import Candidate, N2NConfig, N2NSearch, build_student, describe_layers
+from compressor.n2n.layers import Candidate, build_student, describe_layers
+from compressor.n2n.search import N2NConfig, N2NSearch
 from compressor.passes import Context
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def main() -> None:
     ap.add_argument("--bn", default="frozen", choices=BN_MODES, help="BatchNorm while students train")
     ap.add_argument("--final-bn", default="frozen", choices=BN_MODES,
                     help="BatchNorm in the final fine-tune (N2N's best student and both baselines)")
-    ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
+    ap.add_argument("--precision", default="fp32", choices=TRAIN_PRECISIONS,
                     help="students and fine-tunes: fp32, or bf16 autocast (CPUs with native bfloat16)")
     ap.add_argument("--min-compression", type=float, default=None,
                     help="hard limit: at least this many times fewer parameters than the teacher (paper's penalty)")

@@ -22,7 +22,7 @@ import torch
 from compressor.core.data import Preprocess, load_dataset, make_splits
 from compressor.core.metrics import count_macs, count_params, predict, top1
 from compressor.core.serialize import save_model
-from compressor.core.train import BN_MODES, PRECISIONS
+from compressor.core.train import BN_MODES, TRAIN_PRECISIONS
 from compressor.core.zoo import ZOO
 from compressor.passes.base import Context
 from compressor.passes.prune import Prune, PruneConfig
@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.001, help="peak LR (cosine); with --bn frozen keep it ≤ 0.002")
     p.add_argument("--final-lr", type=float, default=None, help="peak LR of the final fine-tune (default: --lr)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+    p.add_argument("--precision", default="fp32", choices=TRAIN_PRECISIONS,
                    help="fine-tuning precision: fp32, or bf16 autocast + channels-last (CPUs with native bfloat16)")
     p.add_argument("--bn", default="frozen", choices=BN_MODES,
                    help="BatchNorm while fine-tuning: frozen (Tune mode, small lr) or train (batch statistics)")

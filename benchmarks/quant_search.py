@@ -38,8 +38,8 @@ from onnxruntime import quantization as ortq
 from compressor.core.data import Preprocess, load_dataset, make_splits
 from compressor.core.zoo import ZOO
 from compressor.quant import qdq as qdq_module
-from compressor.quant.latency import candidates, measure_interleaved, measure_isolated
 from compressor.quant.problem import QuantProblem, top1_onnx
+from compressor.quant.selection import candidates
 from compressor.quant.space import QuantConfig
 from compressor.quant.tuner import (
     Budget,
@@ -51,6 +51,7 @@ from compressor.quant.tuner import (
     search,
 )
 from compressor.runtime.export import export_onnx
+from compressor.runtime.latency import measure_interleaved, measure_isolated
 
 DATA = Path("/work/shared/data")
 TEACHERS = {

@@ -165,8 +165,8 @@ def passes():
         cls = PASSES[name]
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         click.echo(f"{name}: {doc}")
-        for field_name, type_name, default in config_fields(cls.Config):
-            click.echo(f"    {field_name}: {type_name} = {default!r}")
+        for field_name, type_name, default, allowed in config_fields(cls.Config):
+            click.echo(f"    {field_name}: {type_name} = {default!r}" + (f"  ({allowed})" if allowed else ""))
 
 
 @cli.command()
@@ -188,8 +188,8 @@ def passes():
 def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16, cuda_graph, model, input_shape, other,
           json_path):
     """Measure latency and throughput, printed as trtexec prints them."""
+    from compressor.core.files import write_atomic
     from compressor.core.models import load_user_model
-    from compressor.pipeline.report import write_atomic
     from compressor.runtime.bench import BenchSettings, bench_onnx, format_summary, make_runner, measure, resolve_backend, summarize
 
     shape = tuple(_parse_shape(input_shape))

@@ -394,9 +394,9 @@ def test_untraceable_model_raises_clear_error():
 def test_fold_bn_pass_is_registered(teacher):
     cls = PASSES["fold_bn"]
     result = cls(cls.Config()).run(copy.deepcopy(teacher), ctx=None)
-    assert result.details["folded"] == 19 and result.details["left_unfolded"] == []
+    assert result.metrics["folded"] == 19 and result.metrics["left_unfolded"] == []
     result = cls(cls.Config()).run(TwoConsumers().eval(), ctx=None)
-    assert result.details["folded"] == 0 and "2 consumers" in result.details["left_unfolded"][0]
+    assert result.metrics["folded"] == 0 and "2 consumers" in result.metrics["left_unfolded"][0]
 
 
 @pytest.mark.parametrize("bn", ["frozen", "train"])
@@ -413,8 +413,8 @@ def test_distill_bn_modes(teacher, demo_splits, bn):
     moved = [not torch.equal(before[n], b) for n, b in student.named_buffers() if n in before]
     assert (not any(moved)) if bn == "frozen" else all(moved)
     assert not student.training
-    with pytest.raises(ValueError, match="bn must be"):
-        FinetuneConfig(bn="eval")
+    with pytest.raises(CompressorError, match=r"fine-tune.bn is 'eval'; choose frozen \| train"):
+        distill(student, teacher, demo_splits.finetune, Preprocess(), FinetuneConfig(bn="eval"), progress=False)
 
 
 @pytest.mark.skipif(not bf16_supported(), reason="this CPU has no native bfloat16")
@@ -465,14 +465,16 @@ def test_precision_checked_before_work(monkeypatch):
     from compressor.n2n.search import N2NConfig
     from compressor.passes.prune import PruneConfig
 
-    with pytest.raises(CompressorError, match="precision must be 'fp32' or 'bf16'"):
-        train.FinetuneConfig(precision="fp16")
+    from compressor.core.config import from_dict
+
+    with pytest.raises(CompressorError, match=r"precision is 'fp16'; choose fp32 \| bf16"):
+        from_dict(train.FinetuneConfig, {"precision": "fp16"})
     monkeypatch.setattr(train, "bf16_supported", lambda: False)
-    with pytest.raises(CompressorError, match="needs a CPU with native bfloat16"):
-        PruneConfig(precision="bf16").validate()
+    with pytest.raises(CompressorError, match="passes.prune: precision bf16 needs a CPU with native bfloat16"):
+        from_dict(PruneConfig, {"precision": "bf16"}, "passes.prune")
     with pytest.raises(CompressorError, match="n2n: precision bf16 needs"):
-        N2NConfig(precision="bf16")
-    train.FinetuneConfig(precision="fp32")  # fp32 never depends on the CPU
+        from_dict(N2NConfig, {"precision": "bf16"}, "n2n")
+    from_dict(train.FinetuneConfig, {"precision": "fp32"})  # fp32 never depends on the CPU
 
 
 def test_channels_last_only_for_aligned_widths(teacher):

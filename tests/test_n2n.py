@@ -12,30 +12,18 @@ import pytest
 import torch
 from torch import nn
 
+from compressor.core.config import from_dict
 from compressor.core.data import Preprocess
 from compressor.core.metrics import count_params
 from compressor.core.serialize import load_model, save_model
 from compressor.core.zoo import ZOO
 from compressor.errors import CompressorError
 from compressor.graph.modules import ChannelPadShortcut
-from compressor.n2n.search import (
-    STATE_DIM,
-    Candidate,
-    Measurement,
-    N2NConfig,
-    N2NSearch,
-    RemovalPolicy,
-    RewardFunction,
-    SerialExecutor,
-    ShrinkPolicy,
-    build_student,
-    compression_reward,
-    constraint_penalty,
-    describe_layers,
-    remove_units,
-)
+from compressor.n2n.layers import STATE_DIM, Candidate, Measurement, build_student, describe_layers, remove_units
+from compressor.n2n.policy import RemovalPolicy, ShrinkPolicy
+from compressor.n2n.reward import RewardFunction, compression_reward, constraint_penalty
+from compressor.n2n.search import N2NConfig, N2NSearch, SerialExecutor
 from compressor.passes import PASSES, Context
-from compressor.pipeline.recipe import from_dict
 from compressor.runtime.export import export_onnx, ort_session
 
 INPUT = (3, 32, 32)
@@ -140,7 +128,7 @@ def test_size_floor_penalises_students_below_it():
     assert band(below, 15) == -1.0
     assert RewardFunction(80.0, 1000, 5000, min_macs=2500)(inside, 15) == -1.0
     with pytest.raises(CompressorError, match="min_params"):
-        N2NConfig(min_params=600, max_params=500)
+        from_dict(N2NConfig, {"min_params": 600, "max_params": 500}, "n2n")
 
 
 def test_removed_blocks_export_with_expected_params(tmp_path, teacher):
@@ -263,7 +251,7 @@ def test_policy_transfer_and_pass_registration(tmp_path, demo_splits, teacher):
     cfg = from_dict(N2NConfig, {"scales": [0.5, 1], "fixed": ["layer1.0"], "max_params": 1000}, "passes[0].n2n")
     assert cfg.scales == (0.5, 1.0) and cfg.fixed == ("layer1.0",) and cfg.max_params == 1000
     with pytest.raises(CompressorError):
-        N2NConfig(size_measure="flops")
+        from_dict(N2NConfig, {"size_measure": "flops"}, "n2n")
 
 
 def test_pass_writes_search_files_and_plain_details(tmp_path, demo_splits, teacher):
@@ -271,7 +259,8 @@ def test_pass_writes_search_files_and_plain_details(tmp_path, demo_splits, teach
     result = PASSES["n2n"](config).run(teacher, _ctx(demo_splits, teacher, tmp_path))
     for name in (N2NSearch.CHECKPOINT, N2NSearch.POLICY, N2NSearch.PLOT):
         assert (tmp_path / "n2n" / name).is_file()
-    details = json.loads(json.dumps(result.details))
+    details = json.loads(json.dumps(result.metrics))
+    assert result.plots["rewards"] == tmp_path / "n2n" / N2NSearch.PLOT
     assert details["budget"]["candidates_measured"] == 1 and len(details["history"]) == 1
     assert details["best"]["params"] == count_params(result.model)
     assert details["teacher"]["params"] == 269_722
@@ -314,4 +303,4 @@ def test_bn_mode_decides_whether_students_refit_batchnorm(tmp_path, demo_splits,
     moved = not torch.equal(result.model.bn1.running_mean, teacher.bn1.running_mean)
     assert moved == (bn == "train")
     with pytest.raises(CompressorError, match="bn"):
-        N2NConfig(final_bn="batch")
+        from_dict(N2NConfig, {"final_bn": "batch"}, "n2n")

@@ -22,10 +22,10 @@ from compressor.passes.base import Context
 from compressor.passes.quantize import Quantize
 from compressor.quant import qdq as qdq_module
 from compressor.quant.calibrate import Calibrator, StatsTable
-from compressor.quant.latency import Latency, candidates, deployment, measure_isolated, speed_check
 from compressor.quant.problem import QuantProblem, top1_onnx
 from compressor.quant.qdq import quantize
 from compressor.quant.qdq_rules import check_tensorrt
+from compressor.quant.selection import candidates, deployment, speed_check
 from compressor.quant.space import QuantConfig, config_space
 from compressor.quant.tuner import (
     DEFAULT_DB,
@@ -38,6 +38,7 @@ from compressor.quant.tuner import (
     search,
 )
 from compressor.runtime.export import export_onnx
+from compressor.runtime.latency import Latency, measure_isolated
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATA = ROOT / "demo" / "cifar10-demo.tar.gz"
@@ -343,8 +344,9 @@ def test_quantize_pass_reports_and_falls_back_when_int8_is_slower(splits, teache
     ctx = Context(small, teacher, Preprocess(), (3, 32, 32), tmp_path, seed=0)
     cfg = Quantize.Config(max_evals=2, baselines=("random",), warm_start_db="none")
     result = Quantize(cfg).run(teacher, ctx)
-    d = result.details
-    assert Path(d["onnx_path"]).exists() and Path(d["history_plot"]).exists()
+    d = result.metrics
+    assert result.artifact.path.exists() and result.plots["search"].exists()
+    assert result.artifact.precision == "int8" and result.artifact.deploy is False
     assert d["int8_faster"] is False and d["deploy"] == "fp32" and "not faster" in d["speed_note"]
     assert d["val_top1"] >= d["fp32_val_top1"] - 3.0
     assert d["calibration_runs"] <= 2 and [s["strategy"] for s in d["search"]] == ["xgboost", "random"]
@@ -364,6 +366,26 @@ def test_quantize_pass_deploys_a_faster_int8_candidate(splits, teacher, tmp_path
     small = dataclasses.replace(splits, calibration=splits.calibration.subset(np.arange(100)),
                                 validation=splits.validation.subset(np.arange(200)))
     ctx = Context(small, teacher, Preprocess(), (3, 32, 32), tmp_path, seed=1)
-    d = Quantize(Quantize.Config(max_evals=4, strategy="grid", speed_accuracy_budget=100.0)).run(teacher, ctx).details
+    result = Quantize(Quantize.Config(max_evals=4, strategy="grid", speed_accuracy_budget=100.0)).run(teacher, ctx)
+    d = result.metrics
+    assert result.artifact.deploy is True
     assert d["int8_faster"] is True and d["deploy"] == "int8" and d["throughput_speedup"] == 2.0
     assert d["config"]["scheme"] != "symmetric" and d["config"]["precision"] == "int8"
+
+
+def test_onnxruntime_quantizer_api_is_the_one_we_drive():
+    """qdq.py calls ORT's internal QDQQuantizer by keyword; a release that renames them must fail here, and the
+    installed version must lie inside pyproject's tested range."""
+    import inspect
+    import re
+
+    import onnxruntime
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    params = set(inspect.signature(QDQQuantizer.__init__).parameters)
+    assert {"per_channel", "reduce_range", "weight_qType", "activation_qType", "tensors_range", "nodes_to_quantize",
+            "nodes_to_exclude", "op_types_to_quantize", "extra_options"} <= params
+    spec = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    upper = re.search(r'"onnxruntime>=[\d.]+,<([\d.]+)"', spec).group(1)
+    installed = tuple(int(x) for x in onnxruntime.__version__.split(".")[:2])
+    assert installed < tuple(int(x) for x in upper.split(".")[:2])

@@ -34,12 +34,42 @@ def test_recipe_errors_name_key_path():
     with pytest.raises(CompressorError, match=r"seed must be int, got bool"):
         parse_recipe({"seed": True})
     # Values a pass rejects fail at parse time, before any work starts.
-    with pytest.raises(CompressorError, match=r"unknown criterion 'magic'"):
+    with pytest.raises(CompressorError, match=r"passes\[0\].prune.criterion is 'magic'; choose lrp \| l1 \| taylor \| random"):
         parse_recipe({"passes": [{"prune": {"criterion": "magic"}}]})
-    with pytest.raises(CompressorError, match=r"bn must be 'frozen' or 'train'"):
+    with pytest.raises(CompressorError, match=r"passes\[0\].prune.bn is 'eval'; choose frozen \| train"):
         parse_recipe({"passes": [{"prune": {"bn": "eval"}}]})
-    with pytest.raises(CompressorError, match=r"quantize.target='gpu'"):
+    with pytest.raises(CompressorError, match=r"passes\[0\].quantize.target is 'gpu'; choose ort-cpu \| tensorrt"):
         parse_recipe({"passes": [{"quantize": {"target": "gpu"}}]})
+
+
+@pytest.mark.parametrize(("recipe", "message"), [
+    ({"data": {"validation": -5}}, r"data.validation is -5; it must be ≥ 1"),
+    ({"bench": {"duration": -1}}, r"bench.duration is -1.0; it must be > 0"),
+    ({"bench": {"warmup": -5}}, r"bench.warmup is -5.0; it must be ≥ 0"),
+    ({"bench": {"batches": [0]}}, r"bench.batches\[0\] is 0; it must be ≥ 1"),
+    ({"seed": -1}, r"seed is -1; it must be ≥ 0"),
+    ({"passes": [{"prune": {"finetune_steps": -3}}]}, r"prune.finetune_steps is -3; it must be ≥ 0"),
+    ({"passes": [{"prune": {"batch_size": 0}}]}, r"prune.batch_size is 0; it must be ≥ 1"),
+    ({"passes": [{"prune": {"target_ratio": 1.0}}]}, r"prune.target_ratio is 1.0; it must be > 0, < 1"),
+    ({"passes": [{"prune": {"target_macs_reduction": 0.5}}]}, r"target_macs_reduction is 0.5; it must be > 1"),
+    ({"passes": [{"quantize": {"max_evals": 0}}]}, r"quantize.max_evals is 0; it must be ≥ 1"),
+    ({"passes": [{"quantize": {"baselines": ["annealing"]}}]}, r"baselines\[0\] is 'annealing'; choose xgboost"),
+    ({"passes": [{"n2n": {"rollouts": 0}}]}, r"n2n.rollouts is 0; it must be ≥ 1"),
+    ({"budget": {"max_accuracy_drop": float("nan")}}, r"max_accuracy_drop must be a finite number"),
+    ({"model": {"std": [0.2, 0.2, 0]}}, r"model.std\[2\] is 0.0; it must be > 0"),
+])
+def test_numbers_out_of_range_fail_with_the_key_path(recipe, message):
+    with pytest.raises(CompressorError, match=message):
+        parse_recipe(recipe)
+
+
+def test_a_network_changing_pass_after_quantize_is_refused():
+    with pytest.raises(CompressorError, match=r"passes\[1\] prune changes the network after quantize"):
+        parse_recipe({"passes": ["quantize", "prune"], "export": ["onnx", "onnx_int8"]})
+    with pytest.raises(CompressorError, match=r"passes\[2\] fold_bn changes the network after quantize"):
+        parse_recipe({"passes": ["fold_bn", "quantize", "fold_bn"]})
+    assert [p.name for p in parse_recipe({"passes": ["prune", "fold_bn", "quantize"]}).passes] == \
+        ["prune", "fold_bn", "quantize"]
 
 
 def test_recipe_defaults_and_round_trip():

@@ -27,18 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from compressor.core.config import param, validate
 from compressor.core.data import Preprocess, Split
-from compressor.errors import CompressorError
 
 BN_MODES = ("frozen", "train")
-PRECISIONS = ("fp32", "bf16")
-
-
-def check_bn_modes(owner: str, **modes: str) -> None:
-    """A pass's BN-mode settings, checked when its recipe is parsed so a typo fails before any work."""
-    for key, value in modes.items():
-        if value not in BN_MODES:
-            raise CompressorError(f"{owner}: {key} must be 'frozen' or 'train', not {value!r}")
+TRAIN_PRECISIONS = ("fp32", "bf16")
 
 
 def bf16_supported() -> bool:
@@ -46,37 +39,39 @@ def bf16_supported() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def check_precision(owner: str, precision: str) -> None:
-    """A pass's fine-tuning precision, checked when its recipe is parsed (before any work)."""
-    if precision not in PRECISIONS:
-        raise CompressorError(f"{owner}: precision must be 'fp32' or 'bf16', not {precision!r}")
+def precision_problem(precision: str) -> str | None:
+    """Why ``precision`` cannot run here (bf16 emulated on a CPU without native bfloat16 is slow), else None."""
     if precision == "bf16" and not bf16_supported():
-        raise CompressorError(f"{owner}: precision bf16 needs a CPU with native bfloat16 (AVX-512 BF16 or AMX), "
-                              "which this one lacks; use precision: fp32")
+        return "precision bf16 needs a CPU with native bfloat16 (AVX-512 BF16 or AMX), which this one lacks; use fp32"
+    return None
 
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tuning schedule: ``steps`` SGD steps of ``batch_size`` images (cosine LR from ``lr``)."""
+    """Fine-tuning schedule: ``steps`` SGD steps of ``batch_size`` images (cosine LR from ``lr``).
 
-    steps: int = 200
-    batch_size: int = 128
-    lr: float = 0.001  # frozen-BN fine-tuning of these CIFAR nets diverges at 0.01 (measured: loss 0.12 → 413 in 11 steps)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    kd_loss: str = "kl"  # "kl" (Hinton, temperature) or "mse" (logit MSE, as N2N)
-    kd_weight: float = 1.0
-    ce_weight: float = 1.0
-    temperature: float = 4.0
+    ``kd_loss``: "kl" (Hinton, with temperature) or "mse" (logit MSE, as N2N). ``bn``: "frozen" (running
+    statistics; Tune mode applies) or "train" (batch statistics). ``precision``: "fp32" or "bf16" (autocast and,
+    where widths allow, channels-last; needs native bfloat16). Frozen-BN fine-tuning of the CIFAR nets diverges
+    at rates near 0.01, hence the small default ``lr`` (BENCHMARKS.md, fine-tuning).
+    """
+
+    steps: int = param(200, ge=0)
+    batch_size: int = param(128, ge=1)
+    lr: float = param(0.001, gt=0)
+    momentum: float = param(0.9, ge=0, lt=1)
+    weight_decay: float = param(5e-4, ge=0)
+    kd_loss: str = param("kl", choices=("kl", "mse"))
+    kd_weight: float = param(1.0, ge=0)
+    ce_weight: float = param(1.0, ge=0)
+    temperature: float = param(4.0, gt=0)
     tune_mode: bool = True
     augment: bool = True
-    bn: str = "frozen"  # "frozen" (running statistics, Tune mode applies) or "train" (batch statistics)
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast + channels-last; needs native bfloat16, see above)
+    bn: str = param("frozen", choices=BN_MODES)
+    precision: str = param("fp32", choices=TRAIN_PRECISIONS)
 
-    def __post_init__(self) -> None:
-        if self.bn not in BN_MODES:
-            raise ValueError(f"bn must be 'frozen' or 'train', not {self.bn!r}")
-        check_precision("fine-tune", self.precision)
+    def check(self) -> str | None:
+        return precision_problem(self.precision)
 
 
 def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -91,9 +86,8 @@ def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _channels_last_pays(model: nn.Module) -> bool:
-    """Channels-last bfloat16 for widths that are all multiples of 8 (the RGB stem's input aside): on the Xeon it
-    was 1.48× faster for the unpruned ResNet-56 and 1.23× slower for a student pruned to 6 / 13 / 26 inner
-    channels; for 8 / 8 / 24 the two layouts traded places between runs (BENCHMARKS.md)."""
+    """Channels-last bfloat16 only for widths that are all multiples of 8 (the RGB stem's input aside): oneDNN's
+    blocked kernels want them, and narrow pruned widths ran slower in channels-last (BENCHMARKS.md, bf16)."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     return bool(convs) and all(m.out_channels % 8 == 0 and (i == 0 or m.in_channels % 8 == 0)
                                for i, m in enumerate(convs))
@@ -138,6 +132,7 @@ def distill(
     :func:`compressor.core.metrics.predict`) replaces the teacher's forward pass, which is only exact without
     augmentation, so it requires ``config.augment`` to be off.
     """
+    validate(config, "fine-tune")
     if config.steps <= 0:
         return []
     if cached_logits is not None and (config.augment or len(cached_logits) != len(data)):

@@ -19,15 +19,12 @@ the (expensive, cached) measurement over candidates so that it can later run in 
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import itertools
-import json
 import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, astuple, dataclass, field, fields, replace
+from dataclasses import asdict, astuple, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,247 +33,28 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from compressor.core.config import param, validate
 from compressor.core.data import Preprocess, Split
 from compressor.core.metrics import count_macs, count_params, predict
 from compressor.core.serialize import atomic_torch_save
-from compressor.core.train import FinetuneConfig, check_bn_modes, check_precision, distill
+from compressor.core.train import BN_MODES, TRAIN_PRECISIONS, FinetuneConfig, distill, precision_problem
 from compressor.errors import CompressorError
-from compressor.graph.modules import Add
 
 if TYPE_CHECKING:
-    from compressor.passes.base import Context
+    from compressor.core.context import Context
 
-LAYER_TYPES = ("conv", "dwconv", "linear")
-STATE_DIM = len(LAYER_TYPES) + 6
-PAPER_SCALES = (0.25, 0.5, 0.5, 0.5, 0.5, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-"""The reference code's scale set; the repeated 0.5 makes a fresh policy sample it with probability 5/11."""
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Sigmoid, nn.Tanh)
-
-
-# ----------------------------------------------------------------------------------------------- layer states
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One policy time step: a Conv2d or Linear with the paper's state attributes.
-
-    ``unit`` is the removal unit the layer belongs to (None: the layer is fixed in stage 1); ``decides`` marks
-    the unit's first layer, whose keep/remove action removes the whole unit.
-    """
-
-    name: str
-    type: str
-    kernel: int
-    stride: int
-    out_channels: int
-    padding: int
-    skip_start: bool = False
-    skip_end: bool = False
-    unit: str | None = None
-    decides: bool = False
-
-    def state(self) -> list[float]:
-        """[type one-hot, kernel, stride, #outputs, padding, skip-start, skip-end], each scaled to about [0, 1].
-
-        The scaling uses fixed constants (not per-model maxima) so a policy trained on one teacher reads another
-        teacher's layers on the same scale (policy transfer).
-        """
-        onehot = [float(self.type == t) for t in LAYER_TYPES]
-        return onehot + [
-            self.kernel / 7.0, self.stride / 2.0, math.log2(self.out_channels + 1) / 10.0, self.padding / 3.0,
-            float(self.skip_start), float(self.skip_end),
-        ]
-
-
-@dataclass
-class LayerTable:
-    """The layers of a model in forward order, plus the module paths each removal unit replaces."""
-
-    layers: list[Layer]
-    units: dict[str, tuple[str, ...]]
-
-    def states(self) -> torch.Tensor:
-        return torch.tensor([layer.state() for layer in self.layers], dtype=torch.float32).reshape(-1, STATE_DIM)
-
-    def decision_mask(self) -> torch.Tensor:
-        return torch.tensor([layer.decides for layer in self.layers], dtype=torch.bool)
-
-    def fixed_layers(self) -> list[str]:
-        return [layer.name for layer in self.layers if layer.unit is None]
-
-
-def _skip_path(module: nn.Module) -> nn.Module | None:
-    """A residual block is a module owning an ``Add`` join; removing it leaves its ``shortcut`` (or identity)."""
-    if not isinstance(getattr(module, "add", None), Add):
-        return None
-    shortcut = getattr(module, "shortcut", None)
-    return shortcut if isinstance(shortcut, nn.Module) else nn.Identity()
-
-
-def _shape_preserving_conv(m: nn.Module) -> bool:
-    if not isinstance(m, nn.Conv2d) or m.in_channels != m.out_channels:
-        return False
-    same = tuple((k - 1) // 2 for k in m.kernel_size)
-    odd = all(k % 2 == 1 for k in m.kernel_size)
-    padded = m.padding == "same" or (odd and tuple(m.padding) == same)
-    return padded and set(m.stride) == {1} and set(m.dilation) == {1}
-
-
-def _within(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def _plain_units(model: nn.Module, blocks: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """Shape-preserving convs in a Sequential (outside residual blocks), with their following BN and activation."""
-    units: dict[str, tuple[str, ...]] = {}
-    for name, seq in model.named_modules():
-        if not isinstance(seq, nn.Sequential) or any(_within(name, b) for b in blocks):
-            continue
-        prefix = f"{name}." if name else ""
-        children = list(seq.named_children())
-        for i, (child_name, m) in enumerate(children):
-            if not _shape_preserving_conv(m):
-                continue
-            paths, j = [child_name], i + 1
-            if j < len(children) and isinstance(children[j][1], nn.BatchNorm2d) and children[j][1].num_features == m.out_channels:
-                paths.append(children[j][0])
-                j += 1
-            if j < len(children) and isinstance(children[j][1], _ACTIVATIONS):
-                paths.append(children[j][0])
-            units[prefix + child_name] = tuple(prefix + p for p in paths)
-    return units
-
-
-def _conv_padding(m: nn.Conv2d) -> int:
-    if m.padding == "same":
-        return (m.kernel_size[0] - 1) // 2
-    return 0 if m.padding == "valid" else int(m.padding[0])
-
-
-def describe_layers(model: nn.Module, fixed: Sequence[str] = ()) -> LayerTable:
-    """The model's Conv2d/Linear layers in registration (forward) order, with removal units found.
-
-    ``fixed`` names modules (or module prefixes) that must never be removed: a unit touching one is dropped.
-    """
-    def touches_fixed(path: str) -> bool:
-        return any(_within(f, path) or _within(path, f) for f in fixed)
-
-    blocks: list[str] = []
-    for name, m in model.named_modules():
-        if name and _skip_path(m) is not None and not any(_within(name, b) for b in blocks):
-            blocks.append(name)
-    units = {b: (b,) for b in blocks}
-    units.update(_plain_units(model, blocks))
-    units = {u: paths for u, paths in units.items() if not any(touches_fixed(p) for p in paths)}
-
-    layers: list[Layer] = []
-    members: dict[str, list[int]] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            kind = "dwconv" if m.groups > 1 else "conv"
-            attrs = (kind, m.kernel_size[0], m.stride[0], m.out_channels, _conv_padding(m))
-        elif isinstance(m, nn.Linear):
-            attrs = ("linear", 1, 1, m.out_features, 0)
-        else:
-            continue
-        unit = next((u for u, paths in units.items() if any(_within(name, p) for p in paths)), None)
-        if unit is not None:
-            members.setdefault(unit, []).append(len(layers))
-        layers.append(Layer(name, *attrs, unit=unit))
-    for unit, idx in members.items():
-        residual = unit in blocks
-        for k, i in enumerate(idx):
-            layers[i] = replace(layers[i], decides=k == 0, skip_start=residual and k == 0,
-                                skip_end=residual and k == len(idx) - 1)
-    return LayerTable(layers, {u: units[u] for u in members})
-
-
-def remove_units(model: nn.Module, table: LayerTable, remove: Sequence[str]) -> nn.Module:
-    """A copy of ``model`` with each named unit replaced by its skip path (or identities in a plain chain)."""
-    child = copy.deepcopy(model)
-    for unit in remove:
-        if unit not in table.units:
-            raise CompressorError(f"n2n: {unit} is not a removable unit of this model")
-        for path in table.units[unit]:
-            skip = _skip_path(child.get_submodule(path))
-            child.set_submodule(path, skip if skip is not None else nn.Identity())
-    return child
-
-
-# -------------------------------------------------------------------------------------------------- candidates
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One student architecture relative to the parent: removed units and per-layer width scales (1.0 omitted)."""
-
-    remove: tuple[str, ...] = ()
-    scales: tuple[tuple[str, float], ...] = ()
-
-    @staticmethod
-    def make(remove: Sequence[str] = (), scales: dict[str, float] | None = None) -> Candidate:
-        kept = tuple(sorted((n, float(s)) for n, s in (scales or {}).items() if float(s) != 1.0))
-        return Candidate(tuple(sorted(remove)), kept)
-
-    def key(self) -> str:
-        return json.dumps({"remove": list(self.remove), "scales": [list(s) for s in self.scales]})
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"remove": list(self.remove), "scales": {n: s for n, s in self.scales}}
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> Candidate:
-        return Candidate.make(d["remove"], d["scales"])
-
-
-@dataclass
-class Measurement:
-    """What building, distilling and scoring one candidate produced."""
-
-    valid: bool
-    accuracy: float = 0.0
-    params: int = 0
-    macs: int = 0
-    seconds: float = 0.0
-    error: str = ""
-
-
-def shrink_layers(model: nn.Module, scales: dict[str, float], input_shape: tuple[int, ...],
-                  fixed: Sequence[str] = ()) -> nn.Module:
-    """Shrink ``model`` in place so each named layer keeps about ``scale`` of its output channels (at least one).
-
-    The dependency graph owns the coupling: channels written by several convs (a residual stream, through
-    additions and option-A shortcuts) form one "layer" of groups, which takes the mean scale of its source
-    convs (missing names count as 1.0) and is left whole if any source is ``fixed``. Within a layer the groups
-    with the lowest L1 filter norm go, so weights are inherited by importance, never by truncation.
-    """
-    from compressor.graph.dependency import DependencyGraph
-    from compressor.pruning.criteria import L1Criterion, group_scores
-
-    graph = DependencyGraph(model, input_shape)
-    groups = graph.groups()
-    scores = group_scores(groups, L1Criterion()(model))
-    layers: dict[tuple[str, ...], list[int]] = {}
-    for i, g in enumerate(groups):
-        layers.setdefault(g.layer_key, []).append(i)
-    drop: list[int] = []
-    for key, idx in layers.items():
-        if any(_within(n, f) for n in key for f in fixed):
-            continue
-        keep = max(1, round(len(idx) * float(np.mean([scales.get(n, 1.0) for n in key]))))
-        drop += sorted(idx, key=lambda i: (scores[i], i))[: len(idx) - keep]
-    if drop:
-        graph.prune([groups[i] for i in drop])
-    return model
-
-
-def build_student(parent: nn.Module, table: LayerTable, candidate: Candidate, input_shape: tuple[int, ...],
-                  fixed: Sequence[str] = ()) -> nn.Module:
-    """Teacher weights inherited exactly (removal) or by importance-ranked channel selection (shrinkage)."""
-    child = remove_units(parent, table, candidate.remove)
-    if candidate.scales:
-        shrink_layers(child, dict(candidate.scales), input_shape, fixed)
-    return child.eval()
+from compressor.n2n.layers import (
+    PAPER_SCALES,
+    Candidate,
+    LayerTable,
+    Measurement,
+    _within,
+    build_student,
+    describe_layers,
+    remove_units,
+)
+from compressor.n2n.policy import RemovalPolicy, ShrinkPolicy
+from compressor.n2n.reward import RewardFunction
 
 
 def stable_seed(*parts: object) -> int:
@@ -335,141 +113,6 @@ class SerialExecutor:
         return [fn(c) for c in candidates]
 
 
-# ------------------------------------------------------------------------------------------------------ reward
-
-
-def compression_reward(acc_student: float, acc_teacher: float, size_student: float, size_teacher: float) -> float:
-    """N2N reward R = C(2 − C)·A_s/A_t with C = 1 − size_s/size_t (0 for no compression, 1 at C = 1, A_s = A_t)."""
-    c = 1.0 - size_student / size_teacher
-    return c * (2.0 - c) * acc_student / acc_teacher
-
-
-def constraint_penalty(reward: float, epoch: float, horizon: float = 15.0) -> float:
-    """The paper's soft penalty for a violated hard limit: (ε − 1) + ε·R with ε = clip(1 − epoch/horizon, 0, 1)⁴.
-
-    The base is clipped before the fourth power so ε stays 0 after the horizon (the literal (1 − e/15)⁴ would
-    grow again past epoch 15); early in the search violators keep most of their reward, later they get −1.
-    """
-    eps = min(max(1.0 - epoch / horizon, 0.0), 1.0) ** 4
-    return (eps - 1.0) + eps * reward
-
-
-@dataclass(frozen=True)
-class RewardFunction:
-    """Turns a measurement into a reward: −1 if invalid, the N2N reward otherwise, penalised outside hard limits.
-
-    max_* are the paper's limits. min_* are floors, our addition: the reward C(2 − C)·A_s/A_t keeps paying for
-    compression past the point where a student still recovers after fine-tuning (on ResNet-56 it chose 2.8–3.3×
-    students that lost ~3 pt), so a floor holds the search inside a size band; violators get the same penalty.
-    """
-
-    teacher_accuracy: float
-    teacher_params: int
-    teacher_macs: int
-    size_measure: str = "params"
-    max_params: int | None = None
-    max_macs: int | None = None
-    penalty_epochs: float = 15.0
-    min_params: int | None = None
-    min_macs: int | None = None
-
-    def within_limits(self, m: Measurement) -> bool:
-        return ((self.max_params is None or m.params <= self.max_params)
-                and (self.max_macs is None or m.macs <= self.max_macs)
-                and (self.min_params is None or m.params >= self.min_params)
-                and (self.min_macs is None or m.macs >= self.min_macs))
-
-    def __call__(self, m: Measurement, epoch: float) -> float:
-        if not m.valid:
-            return -1.0
-        if self.size_measure == "macs":
-            r = compression_reward(m.accuracy, self.teacher_accuracy, m.macs, self.teacher_macs)
-        else:
-            r = compression_reward(m.accuracy, self.teacher_accuracy, m.params, self.teacher_params)
-        return r if self.within_limits(m) else constraint_penalty(r, epoch, self.penalty_epochs)
-
-
-# ---------------------------------------------------------------------------------------------------- policies
-
-
-class RemovalPolicy(nn.Module):
-    """Stage 1: a 2-layer bidirectional LSTM over the layer states, then keep/remove logits per layer.
-
-    Action 1 means keep. Layers outside the decision mask are always kept and add nothing to the log-probability.
-    """
-
-    def __init__(self, hidden: int = 30, num_layers: int = 2):
-        super().__init__()
-        self.lstm = nn.LSTM(STATE_DIM, hidden, num_layers, batch_first=True, bidirectional=True)
-        self.head = nn.Linear(2 * hidden, 2)
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        """states (B, L, STATE_DIM) → logits (B, L, 2)."""
-        return self.head(self.lstm(states)[0])
-
-    @torch.no_grad()
-    def sample(self, states: torch.Tensor, mask: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` action sequences (n, L) of 0 (remove) / 1 (keep)."""
-        probs = torch.softmax(self(states.expand(n, -1, -1)), -1)
-        actions = torch.multinomial(probs.reshape(-1, 2), 1, generator=generator).reshape(n, -1)
-        return torch.where(mask, actions, torch.ones_like(actions))
-
-    def log_prob(self, states: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Sum of log π(a_t) over the decision layers, per sequence: (n,)."""
-        logp = torch.log_softmax(self(states.expand(len(actions), -1, -1)), -1)
-        picked = logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        return (picked * mask).sum(-1)
-
-
-class ShrinkPolicy(nn.Module):
-    """Stage 2: an autoregressive 2-layer LSTMCell picking a width-scale index per layer.
-
-    Each step reads the layer's state and the scale chosen for the previous layer (the paper feeds the scaled
-    state back); outside the mask the scale is forced to 1.0 and adds nothing to the log-probability.
-    """
-
-    def __init__(self, scales: Sequence[float] = PAPER_SCALES, hidden: int = 30, num_layers: int = 2):
-        super().__init__()
-        if 1.0 not in scales:
-            raise CompressorError("n2n: the scale set must contain 1.0 (the width of layers that are not shrunk)")
-        self.register_buffer("scales", torch.tensor([float(s) for s in scales]))
-        sizes = [STATE_DIM + 1] + [hidden] * num_layers
-        self.cells = nn.ModuleList(nn.LSTMCell(a, b) for a, b in itertools.pairwise(sizes))
-        self.head = nn.Linear(hidden, len(scales))
-
-    def _unroll(self, states: torch.Tensor, mask: torch.Tensor, n: int, actions: torch.Tensor | None,
-                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        keep_index = int((self.scales == 1.0).nonzero()[-1])
-        h = [torch.zeros(n, c.hidden_size) for c in self.cells]
-        c = [torch.zeros(n, c.hidden_size) for c in self.cells]
-        prev = torch.ones(n, 1)
-        chosen, total = [], torch.zeros(n)
-        for t in range(states.shape[0]):
-            x = torch.cat([states[t].expand(n, -1), prev], 1)
-            for i, cell in enumerate(self.cells):
-                h[i], c[i] = cell(x, (h[i], c[i]))
-                x = h[i]
-            logp = torch.log_softmax(self.head(x), -1)
-            if actions is None:
-                a = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
-            else:
-                a = actions[:, t]
-            a = a if mask[t] else torch.full_like(a, keep_index)
-            if mask[t]:
-                total = total + logp.gather(1, a.unsqueeze(1)).squeeze(1)
-            chosen.append(a)
-            prev = self.scales[a].unsqueeze(1)
-        return torch.stack(chosen, 1), total
-
-    @torch.no_grad()
-    def sample(self, states: torch.Tensor, mask: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` sequences (n, L) of scale indices."""
-        return self._unroll(states, mask, n, None, generator)[0]
-
-    def log_prob(self, states: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self._unroll(states, mask, len(actions), actions, None)[1]
-
-
 # ------------------------------------------------------------------------------------------------------ search
 
 
@@ -498,54 +141,46 @@ class N2NConfig:
     search with the same settings (iteration counts may grow).
     """
 
-    removal_iterations: int = 10
-    shrink_iterations: int = 10
-    rollouts: int = 5
-    removal_lr: float = 0.003
-    shrink_lr: float = 0.1
-    hidden: int = 30
-    scales: tuple[float, ...] = PAPER_SCALES
-    baseline_decay: float = 0.8
-    student_steps: int = 100
-    student_batch_size: int = 64
-    student_lr: float = 0.001
+    removal_iterations: int = param(10, ge=0)
+    shrink_iterations: int = param(10, ge=0)
+    rollouts: int = param(5, ge=1)
+    removal_lr: float = param(0.003, gt=0)
+    shrink_lr: float = param(0.1, gt=0)
+    hidden: int = param(30, ge=1)
+    scales: tuple[float, ...] = param(PAPER_SCALES, gt=0, le=1)
+    baseline_decay: float = param(0.8, ge=0, lt=1)
+    student_steps: int = param(100, ge=0)
+    student_batch_size: int = param(64, ge=1)
+    student_lr: float = param(0.001, gt=0)
     student_augment: bool = True
-    subset_size: int = 10000
-    kd_loss: str = "mse"
-    ce_weight: float = 0.0
-    size_measure: str = "params"
-    max_params: int | None = None
-    max_macs: int | None = None
-    min_params: int | None = None
-    min_macs: int | None = None
-    penalty_epochs: float = 15.0
+    subset_size: int = param(10000, ge=1)
+    kd_loss: str = param("mse", choices=("mse", "kl"))
+    ce_weight: float = param(0.0, ge=0)
+    size_measure: str = param("params", choices=("params", "macs"))
+    max_params: int | None = param(None, ge=1)
+    max_macs: int | None = param(None, ge=1)
+    min_params: int | None = param(None, ge=0)
+    min_macs: int | None = param(None, ge=0)
+    penalty_epochs: float = param(15.0, gt=0)
     fixed: tuple[str, ...] = ()
-    final_steps: int = 2000
-    final_lr: float = 0.001
-    final_batch_size: int = 128
-    final_kd_loss: str = "mse"
-    final_ce_weight: float = 1.0
-    bn: str = "frozen"
-    final_bn: str = "frozen"
-    precision: str = "fp32"
+    final_steps: int = param(2000, ge=0)
+    final_lr: float = param(0.001, gt=0)
+    final_batch_size: int = param(128, ge=1)
+    final_kd_loss: str = param("mse", choices=("mse", "kl"))
+    final_ce_weight: float = param(1.0, ge=0)
+    bn: str = param("frozen", choices=BN_MODES)
+    final_bn: str = param("frozen", choices=BN_MODES)
+    precision: str = param("fp32", choices=TRAIN_PRECISIONS)
     tune_mode: bool = True
     policy_init: str = ""
     resume: bool = True
 
-    def __post_init__(self) -> None:
-        self.scales, self.fixed = tuple(float(s) for s in self.scales), tuple(self.fixed)
-        if self.size_measure not in ("params", "macs"):
-            raise CompressorError(f"n2n: size_measure must be 'params' or 'macs', not {self.size_measure!r}")
-        if self.kd_loss not in ("mse", "kl") or self.final_kd_loss not in ("mse", "kl"):
-            raise CompressorError("n2n: kd_loss and final_kd_loss must be 'mse' (the paper's logit MSE) or 'kl'")
-        if self.rollouts < 1:
-            raise CompressorError("n2n: rollouts must be at least 1")
+    def check(self) -> str | None:
         for lo, hi, what in ((self.min_params, self.max_params, "params"), (self.min_macs, self.max_macs, "macs")):
             if lo is not None and hi is not None and lo > hi:
-                raise CompressorError(f"n2n: min_{what} ({lo}) is above max_{what} ({hi}); no student can satisfy "
-                                      f"both, lower min_{what} or raise max_{what}")
-        check_bn_modes("n2n", bn=self.bn, final_bn=self.final_bn)
-        check_precision("n2n", self.precision)
+                return (f"n2n: min_{what} ({lo}) is above max_{what} ({hi}); no student can satisfy both, lower "
+                        f"min_{what} or raise max_{what}")
+        return precision_problem(self.precision)
 
     def search_fingerprint(self, *extra: object) -> str:
         """Everything that changes the search trajectory except the iteration counts (which may be extended)."""
@@ -565,7 +200,7 @@ class StageState:
 
 
 @dataclass
-class SearchResult:
+class N2NResult:
     """The chosen student (fine-tuned), its candidate and the JSON-serialisable record of the search."""
 
     model: nn.Module
@@ -592,7 +227,7 @@ class N2NSearch:
 
     def __init__(self, parent: nn.Module, ctx: Context, config: N2NConfig, executor: Executor | None = None,
                  out_dir: str | Path | None = None):
-        self.parent, self.ctx, self.config = parent.eval(), ctx, config
+        self.parent, self.ctx, self.config = parent.eval(), ctx, validate(config, "n2n")
         self.executor = executor or SerialExecutor()
         self.out_dir = Path(out_dir if out_dir is not None else ctx.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -775,7 +410,7 @@ class N2NSearch:
         plt.close(fig)
         return path
 
-    def run(self) -> SearchResult:
+    def run(self) -> N2NResult:
         """Search, then fine-tune the best student longer with KD + CE on the whole fine-tune split."""
         cfg, ctx = self.config, self.ctx
         start = time.perf_counter()
@@ -816,4 +451,4 @@ class N2NSearch:
             "history": [{k: v for k, v in h.items() if k != "actions"} for h in self.history()],
             "files": {"checkpoint": self.CHECKPOINT, "policy": self.POLICY, "reward_plot": self.PLOT},
         }
-        return SearchResult(student, candidate, details)
+        return N2NResult(student, candidate, details)

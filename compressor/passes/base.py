@@ -1,62 +1,62 @@
-"""The one protocol every pass implements, the context it receives, and the registry ``compressor passes`` lists.
+"""The one protocol every pass implements, the typed result it returns, and the registry ``compressor passes``
+lists.
 
-A pass is a small class: a typed ``Config`` dataclass (filled from the recipe, printed by ``compressor passes``)
-and ``run(model, ctx) -> PassResult``. The pipeline, not the pass, measures the stage record's common metrics
-(test top-1, teacher agreement, params, MACs, time); a pass adds its own details (schedules, search history).
+A pass is a small class: a ``Config`` dataclass (fields declared with :func:`compressor.core.config.param`, so the
+recipe parser validates them and ``compressor passes`` prints their allowed values) and ``run(model, ctx) ->
+PassResult``. The pipeline, not the pass, measures the stage record's common metrics (test top-1, teacher
+agreement, params, MACs, latency); a pass adds its own ``metrics`` (schedules, search history), its ``plots``,
+and an ``artifact`` when it produced a deployable file.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-import numpy as np
 from torch import nn
 
-from compressor.core.data import Preprocess, Split, Splits
-from compressor.core.metrics import predict, top1
+from compressor.core.config import describe
+from compressor.core.context import Context
+
+__all__ = ["PASSES", "Artifact", "Context", "Pass", "PassResult", "config_fields", "register_pass"]
 
 
-@dataclass
-class Context:
-    """What a pass may use: data splits, the frozen teacher, preprocessing, output folder, seed."""
+@dataclass(frozen=True)
+class Artifact:
+    """A deployable file a pass wrote. ``deploy`` is False when the pass measured it slower than the float model
+    on its target and fallback to float is on; the pipeline then deploys the float export instead."""
 
-    splits: Splits
-    teacher: nn.Module
-    preprocess: Preprocess
-    input_shape: tuple[int, int, int]
-    out_dir: Path
-    seed: int = 0
-    progress: bool = True
-    _teacher_logits: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    path: Path
+    precision: str  # "int8" | "fp32"
+    target: str  # "ort-cpu" | "tensorrt"
+    deploy: bool = True
 
-    def validation_top1(self, model: nn.Module) -> float:
-        """Top-1 on the validation split: the only accuracy a search may optimise."""
-        return top1(predict(model, self.splits.validation, self.preprocess), self.splits.validation.labels)
-
-    def teacher_logits(self, split_name: str) -> np.ndarray:
-        """Teacher logits per split, computed once."""
-        if split_name not in self._teacher_logits:
-            split: Split = getattr(self.splits, split_name)
-            self._teacher_logits[split_name] = predict(self.teacher, split, self.preprocess)
-        return self._teacher_logits[split_name]
+    def as_dict(self) -> dict:
+        return {"path": str(self.path), "precision": self.precision, "target": self.target, "deploy": self.deploy}
 
 
 @dataclass
 class PassResult:
-    """A pass's output: the new model plus pass-specific details for the stage record (JSON-serialisable)."""
+    """A pass's output: the new model, the artifact it wrote (if any), its plots and its own metrics (JSON-able)."""
 
     model: nn.Module
-    details: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    plots: dict[str, Path] = field(default_factory=dict)
+    artifact: Artifact | None = None
 
 
 class Pass(Protocol):
-    """A model transformation. ``name`` is the recipe key; ``Config`` a dataclass of its parameters."""
+    """A model transformation. ``name`` is the recipe key; ``Config`` a dataclass of its parameters.
+
+    ``changes_network``: the pass rewrites the network (a recipe may not run it after a pass that produces an
+    artifact, which would then be of another model). ``produces_artifact``: the pass writes a deployable file.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    changes_network: ClassVar[bool]
+    produces_artifact: ClassVar[bool]
 
     def __init__(self, config: Any) -> None: ...
 
@@ -72,12 +72,6 @@ def register_pass(cls: type) -> type:
     return cls
 
 
-def config_fields(config_cls: type) -> list[tuple[str, str, Any]]:
-    """(name, type, default) of a pass config, for ``compressor passes`` and recipe validation."""
-    out = []
-    for f in dataclasses.fields(config_cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-        )
-        out.append((f.name, f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type)), default))
-    return out
+def config_fields(config_cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, allowed values) of a pass config, for ``compressor passes``."""
+    return describe(config_cls)

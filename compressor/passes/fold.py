@@ -16,10 +16,12 @@ class FoldBatchNorm:
     """Fold every BatchNorm that follows a Conv/ConvTranspose/Linear into its weights; the rest stay.
 
     The result computes what the eval-mode model computes, and its ONNX export has no BatchNormalization
-    node for the folded pairs. ``details`` lists the folded pair count and each BN left alone with the reason.
+    node for the folded pairs. ``metrics`` lists the folded pair count and each BN left alone with the reason.
     """
 
     name: ClassVar[str] = "fold_bn"
+    changes_network: ClassVar[bool] = True
+    produces_artifact: ClassVar[bool] = False
 
     @dataclass
     class Config:
@@ -30,4 +32,4 @@ class FoldBatchNorm:
 
     def run(self, model: nn.Module, ctx: Context) -> PassResult:
         plan = fold_batchnorm_with_plan(model)
-        return PassResult(model, details={"folded": len(plan.pairs), "left_unfolded": plan.describe_unfolded()})
+        return PassResult(model, metrics={"folded": len(plan.pairs), "left_unfolded": plan.describe_unfolded()})

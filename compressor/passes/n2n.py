@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from torch import nn
 
+from compressor.core.config import validate
 from compressor.n2n.search import N2NConfig, N2NSearch
 from compressor.passes.base import Context, PassResult, register_pass
 
@@ -23,12 +24,13 @@ class N2NPass:
 
     name: ClassVar[str] = "n2n"
     Config: ClassVar[type] = N2NConfig
+    changes_network: ClassVar[bool] = True
+    produces_artifact: ClassVar[bool] = False
 
     def __init__(self, config: N2NConfig | None = None) -> None:
-        self.config = config or N2NConfig()
+        self.config = validate(config or N2NConfig(), "n2n")
 
     def run(self, model: nn.Module, ctx: Context) -> PassResult:
-        result = N2NSearch(model, ctx, self.config, out_dir=ctx.out_dir / "n2n").run()
-        details = dict(result.details)
-        details["reward_plot"] = str(ctx.out_dir / "n2n" / details["files"]["reward_plot"])
-        return PassResult(result.model, details)
+        out = ctx.out_dir / "n2n"
+        result = N2NSearch(model, ctx, self.config, out_dir=out).run()
+        return PassResult(result.model, metrics=result.details, plots={"rewards": out / result.details["files"]["reward_plot"]})

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compressor.core.files import atomic_path
+from compressor.core.files import atomic_path, write_atomic
 from compressor.errors import CompressorError
 
 
@@ -29,7 +29,9 @@ class StageRecord:
     latency_b1_p50_ms: float | None = None
     throughput_b64_img_s: float | None = None
     seconds: float = 0.0
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # the pass's own metrics
+    plots: dict[str, str] = field(default_factory=dict)  # name -> path relative to the output folder
+    artifact: dict[str, Any] | None = None  # Artifact.as_dict() of a pass that wrote a deployable file
 
 
 @dataclass
@@ -86,11 +88,6 @@ def versions() -> dict[str, str]:
     }
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(text.encode() if isinstance(text, str) else text)
-
-
 def _fmt(v: Any, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
@@ -115,11 +112,9 @@ def render_markdown(report: Report) -> str:
             lines.append(f"| {g.limit} | {g.required:g} | {_fmt(g.actual, '.3f')} | "
                          f"{'pass' if g.passed else f'FAIL by {-g.margin:.3f}' if g.margin is not None else 'FAIL'} |")
         lines += ["", f"**Gate {'passed' if report.gate_passed else 'FAILED'}.**", ""]
-    # A pass names its figures in details keys ending in "_plot" (search histories, reward curves).
     for s in report.stages:
-        for key, value in s.details.items():
-            if key.endswith("_plot") and value:
-                lines.append(f"![{s.stage} {key}]({value})")
+        for name, path in s.plots.items():
+            lines.append(f"![{s.stage} {name}]({path})")
     lines += ["", "![accuracy vs latency](accuracy_latency.png)", ""]
     lines += ["## Run", "", f"- seed: {report.seed}", f"- wall time: {report.wall_seconds:.1f} s"]
     lines += [f"- {k}: {v}" for k, v in report.versions.items()]

@@ -10,7 +10,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.files import copy_atomic
 from compressor.core.metrics import agreement, count_macs, count_params, predict, top1
 from compressor.core.models import load_user_model
 from compressor.core.serialize import load_model, save_model
@@ -146,15 +146,13 @@ class Pipeline:
             t0 = time.perf_counter()
             result = PASSES[spec.name](spec.config).run(copy.deepcopy(model), ctx)
             model = result.model
-            rec = StageRecord(name, "pass", details=dict(result.details))
-            for key, value in rec.details.items():  # figures are linked from report.md, relative to it
-                if key.endswith("_plot") and value:
-                    rec.details[key] = os.path.relpath(value, self.out_dir)
+            rec = StageRecord(name, "pass", details=dict(result.metrics))
+            rec.plots = {k: os.path.relpath(v, self.out_dir) for k, v in result.plots.items()}  # linked from report.md
             rec.details["config"] = asdict(spec.config)
             seconds = time.perf_counter() - t0
-            int8 = result.details.get("onnx_path")
-            if int8:
-                path = Path(int8)
+            if result.artifact is not None:
+                rec.artifact = {**result.artifact.as_dict(), "path": os.path.relpath(result.artifact.path, self.out_dir)}
+                path = result.artifact.path
                 logits = ort_predict(ort_session(path), self.splits.test, self.preprocess)
             else:
                 logits = predict(model, self.splits.test, self.preprocess)
@@ -174,19 +172,22 @@ class Pipeline:
         self._measure(exp, model, final_onnx, parity.ort_logits, teacher_logits, teacher_top1)
         exp.seconds = time.perf_counter() - t0
         report.stages.append(exp)
+        deployed_precision = "fp32"
         if "onnx_int8" in r.export:
-            q = next(s for s in reversed(report.stages) if s.details.get("onnx_path"))
+            # The recipe parser refuses network-changing passes after the artifact's pass, so the last stage with
+            # an artifact is of the final model.
+            q = next(s for s in reversed(report.stages) if s.artifact is not None)
             int8_path = self.out_dir / "model_int8.onnx"
-            shutil.copyfile(self.out_dir / q.onnx_path, int8_path)
+            copy_atomic(self.out_dir / q.artifact["path"], int8_path)
             row = StageRecord("export_onnx_int8", "export", q.top1, q.delta_top1, q.agreement, q.params, q.macs,
                               str(int8_path.name), q.onnx_size_mb, q.latency_b1_p50_ms, q.throughput_b64_img_s)
             report.stages.append(row)
-            if q.details.get("deploy", "int8") == "int8":
-                deployed = int8_path
+            if q.artifact["deploy"]:
+                deployed, deployed_precision = int8_path, q.artifact["precision"]
         if "tensorrt" in r.export:
             from compressor.runtime.tensorrt import build_engine
 
-            precision = "int8" if deployed.name == "model_int8.onnx" else "fp16"
+            precision = "int8" if deployed_precision == "int8" else "fp16"
             engine = build_engine(deployed, self.out_dir / "model.engine", precision=precision)
             report.stages.append(StageRecord("export_tensorrt", "export", details={"engine": engine.name, "precision": precision}))
         report.deployed = deployed.name

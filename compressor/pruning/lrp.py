@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -30,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.graph.trace import trace
 from compressor.graph.fusion import folded_weight_bias, plan_folding
-from compressor.graph.modules import Add
+from compressor.graph.modules import Add, ChannelPadShortcut
+from compressor.graph.trace import trace
 
 Tensor = torch.Tensor
 
@@ -106,7 +107,7 @@ class Rule:
         return tuple(r_in)
 
 
-class Pass(Rule):
+class PassThrough(Rule):
     """Relevance passes unchanged (reshaped to the input): activations, identities, flatten."""
 
     def relevance(self, module: nn.Module, inputs: Sequence[Tensor], r_out: Tensor) -> tuple[Tensor, ...]:
@@ -235,31 +236,68 @@ class MergeBatchNorm(contextlib.AbstractContextManager):
 _PASS_TYPES: tuple[type, ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.BatchNorm2d,
 )
+# Modules whose plain gradient already redistributes relevance conservatively (selection, slicing, padding).
+_GRADIENT_TYPES: tuple[type, ...] = (ChannelPadShortcut, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+
+RuleFactory = Callable[[], Rule]
 
 
-def yeom_composite(
-    model: nn.Module, low: Tensor, high: Tensor, epsilon: float = 1e-6, residual: str = "proportional"
-) -> dict[str, Rule]:
-    """Module path → rule, as in Yeom et al.'s ResNet code: ZBox on the first conv, z⁺ on other convs, ε on
-    Linear, proportional split on additions and average pooling, pass on activations/BN/flatten.
+class TypeComposite:
+    """Module type → rule, first match wins, plus a rule for the convolution that reads the input (zennit's
+    composites in miniature). ``register`` adds a mapping ahead of the built-in ones, so a user's own module
+    types get their rule without editing this file. Leaf modules that match nothing keep the plain gradient, with
+    a warning, since relevance is then not guaranteed to be conserved through them.
+    """
+
+    def __init__(self, mapping: Sequence[tuple[tuple[type, ...], RuleFactory]], first_conv: RuleFactory | None = None):
+        self.mapping = list(mapping)
+        self.first_conv = first_conv
+
+    def register(self, types: type | tuple[type, ...], factory: RuleFactory) -> TypeComposite:
+        self.mapping.insert(0, (types if isinstance(types, tuple) else (types,), factory))
+        return self
+
+    def rules(self, model: nn.Module) -> dict[str, Rule]:
+        first = _first_conv(model) if self.first_conv is not None else None
+        rules: dict[str, Rule] = {}
+        unruled = []
+        for name, m in model.named_modules():
+            if name == first:
+                rules[name] = self.first_conv()
+                continue
+            factory = next((f for types, f in self.mapping if isinstance(m, types)), None)
+            if factory is not None:
+                rule = factory()  # None: the plain gradient on purpose (e.g. residual="gradient")
+                if rule is not None:
+                    rules[name] = rule
+            elif not any(True for _ in m.children()) and not isinstance(m, _GRADIENT_TYPES):
+                unruled.append(f"{name} ({type(m).__name__})")
+        if unruled:
+            warnings.warn(f"LRP: no rule for {', '.join(unruled)}; relevance flows through the plain gradient there "
+                          "and may not be conserved (register a rule with TypeComposite.register)", stacklevel=2)
+        return rules
+
+
+def yeom_composite(low: Tensor, high: Tensor, epsilon: float = 1e-6, residual: str = "proportional") -> TypeComposite:
+    """The rules of Yeom et al.'s ResNet code: ZBox on the first conv, z⁺ on other convs, ε on Linear,
+    proportional split on additions and average pooling, pass-through on activations/BN/flatten.
 
     ``residual='gradient'`` leaves additions to the plain gradient instead (each branch receives the whole
     relevance, not conservative), which is what a zennit composite does with an unregistered sum.
     """
     if residual not in ("proportional", "gradient"):
         raise ValueError(f"residual must be 'proportional' or 'gradient', got {residual!r}")
-    first = _first_conv(model)
-    rules: dict[str, Rule] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            rules[name] = ZBox(low, high) if name == first else ZPlus()
-        elif isinstance(m, nn.Linear):
-            rules[name] = Epsilon(epsilon)
-        elif isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)) or (isinstance(m, Add) and residual != "gradient"):
-            rules[name] = Proportional(epsilon)
-        elif isinstance(m, _PASS_TYPES):
-            rules[name] = Pass()
-    return rules
+    mapping: list[tuple[tuple[type, ...], RuleFactory]] = [
+        ((nn.Conv2d,), ZPlus),
+        ((nn.Linear,), lambda: Epsilon(epsilon)),
+        ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), lambda: Proportional(epsilon)),
+        (_PASS_TYPES, PassThrough),
+    ]
+    if residual == "proportional":
+        mapping.insert(0, ((Add,), lambda: Proportional(epsilon)))
+    else:
+        mapping.insert(0, ((Add,), lambda: None))
+    return TypeComposite(mapping, first_conv=lambda: ZBox(low, high))
 
 
 def _first_conv(model: nn.Module) -> str | None:
@@ -318,13 +356,13 @@ def attach(model: nn.Module, rules: dict[str, Rule], capture: Sequence[str] = ()
 
 def relevance_at_convs(
     model: nn.Module, x: Tensor, labels: Tensor, low: Tensor, high: Tensor, batch_size: int = 64,
-    return_input: bool = False, residual: str = "proportional",
+    return_input: bool = False, residual: str = "proportional", composite: TypeComposite | None = None,
 ) -> dict[str, ConvRelevance] | tuple[dict[str, ConvRelevance], Tensor]:
     """LRP from the one-hot true label (value 1) down to the input; relevance at every Conv2d output.
 
     Works on a deep copy with BatchNorm merged (:class:`MergeBatchNorm`) and the rules of
-    :func:`yeom_composite` (``residual`` selects its rule for additions). ``low``/``high``: the normalised input
-    box (``Preprocess.bounds()``).
+    :func:`yeom_composite` (``residual`` selects its rule for additions) unless another ``composite`` is given.
+    ``low``/``high``: the normalised input box (``Preprocess.bounds()``).
     With ``return_input`` the input relevance (N, C, H, W) is returned too (for conservation checks).
     """
     model = copy.deepcopy(model).eval()
@@ -333,7 +371,8 @@ def relevance_at_convs(
             m.inplace = False
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     inputs = []
-    with MergeBatchNorm(model), attach(model, yeom_composite(model, low, high, residual=residual), capture=convs) as captured:
+    rules = (composite or yeom_composite(low, high, residual=residual)).rules(model)
+    with MergeBatchNorm(model), attach(model, rules, capture=convs) as captured:
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size].detach().clone().requires_grad_()
             out = model(xb)

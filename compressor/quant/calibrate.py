@@ -18,6 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from compressor.core.data import Preprocess, Split
+from compressor.core.files import write_atomic
 
 BINS = 2048  # signed histogram bins over [-R, R]; divisible by 4 so range doubling merges bins exactly
 BATCH = 50
@@ -85,7 +86,7 @@ class StatsTable:
         return cls(d["images"], {k: TensorStats.from_dict(v) for k, v in d["tensors"].items()})
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.as_dict()))
+        write_atomic(path, json.dumps(self.as_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> StatsTable:

@@ -78,9 +78,12 @@ def quantize(
         op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
     model = save_and_reload_model_with_shape_infer(model)
     model = update_opset_version(model, QuantType.QInt8, act_type)
+    # QDQQuantizer is ORT's internal class (quantize_static wraps it): keywords keep a reordered signature from
+    # silently swapping options; pyproject caps onnxruntime at the versions tested (tests/test_quant.py).
     quantizer = QDQQuantizer(
-        model, per_channel, False, QuantType.QInt8, act_type, TensorsData(CalibrationMethod.MinMax, data),
-        [], list(exclude), op_types, extra,
+        model, per_channel=per_channel, reduce_range=False, weight_qType=QuantType.QInt8, activation_qType=act_type,
+        tensors_range=TensorsData(CalibrationMethod.MinMax, data), nodes_to_quantize=[],
+        nodes_to_exclude=list(exclude), op_types_to_quantize=op_types, extra_options=extra,
     )
     quantizer.quantize_model()
     quantizer.model.topological_sort()

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from torch import nn
 
+from compressor.core.files import atomic_path
 from compressor.quant.space import KNOBS, QuantConfig
 
 DEFAULT_DB = Path(__file__).resolve().parent / "quantune_db.json"
@@ -220,3 +221,25 @@ def search(
             result.stop = "accuracy target"
             break
     return result
+
+
+def plot_history(results: list[SearchResult], fp32_top1: float, path: Path) -> Path:
+    """Best validation top-1 so far against evaluations, one line per strategy; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        ax.plot(range(1, len(r.steps) + 1), r.curve(), marker="o", markersize=3, label=r.strategy)
+    ax.axhline(fp32_top1, color="grey", linestyle="--", label="FP32")
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("best validation top-1 (%)")
+    ax.set_title("INT8 configuration search")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path

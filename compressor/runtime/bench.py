@@ -179,7 +179,7 @@ def make_runner(artifact: str, backend: str, batch: int, threads: int,
 
 WINDOWS = 3  # measurement windows per artifact when several ONNX artifacts alternate
 
-Measured = tuple[list[float], float]  # latencies in ms, summed wall time in s
+Measured = tuple[list[float], float, list[float]]  # latencies in ms, summed wall time in s, median ms per window
 
 
 def measure_onnx_isolated(paths: list[str | Path], batches: list[int], settings: BenchSettings,
@@ -188,10 +188,10 @@ def measure_onnx_isolated(paths: list[str | Path], batches: list[int], settings:
     """``measure`` for ONNX files, each window a fresh process that holds one session and times every batch
     size. Several files alternate (A, B, A, B, ...) over ``windows`` windows that split ``duration`` and
     ``iterations``; a single file is one window. ``inputs``: an .npy of images to feed instead of random values.
-    Returns, per batch size, per file (latencies in ms, summed wall time in s)."""
+    Returns, per batch size, per file (latencies in ms, summed wall time in s, each window's median in ms)."""
     windows = windows if len(paths) > 1 else 1
     child = replace(settings, duration=settings.duration / windows, iterations=math.ceil(settings.iterations / windows))
-    measured: dict[int, list[Measured]] = {b: [([], 0.0) for _ in paths] for b in batches}
+    measured: dict[int, list[Measured]] = {b: [([], 0.0, []) for _ in paths] for b in batches}
     bar = tqdm(total=windows * len(paths), desc="latency", disable=not progress, leave=False)
     for _ in range(windows):
         for i, path in enumerate(paths):
@@ -205,8 +205,9 @@ def measure_onnx_isolated(paths: list[str | Path], batches: list[int], settings:
                 raise CompressorError(f"benchmarking {Path(path).name} in a child process failed: {last}")
             result = json.loads(done.stdout.strip().splitlines()[-1])
             for b in batches:
-                lat, wall = measured[b][i]
-                measured[b][i] = (lat + result[str(b)]["latencies_ms"], wall + result[str(b)]["wall_s"])
+                lat, wall, medians = measured[b][i]
+                window = result[str(b)]["latencies_ms"]
+                measured[b][i] = (lat + window, wall + result[str(b)]["wall_s"], medians + [float(np.median(window))])
             bar.update()
     bar.close()
     return measured
@@ -215,7 +216,7 @@ def measure_onnx_isolated(paths: list[str | Path], batches: list[int], settings:
 def bench_onnx(paths: list[str | Path], batches: list[int], settings: BenchSettings) -> dict[int, list[dict]]:
     """trtexec-style figures per batch size of ONNX files, each measured in its own processes."""
     measured = measure_onnx_isolated(paths, batches, settings)
-    return {b: [summarize(lat, b, wall) for lat, wall in measured[b]] for b in batches}
+    return {b: [summarize(lat, b, wall) for lat, wall, _ in measured[b]] for b in batches}
 
 
 def _child() -> None:

@@ -1,12 +1,12 @@
-"""ONNX Runtime CPU latency of an INT8 model against its FP32 model, measured side by side in one run.
+"""ONNX Runtime CPU latency of several models, measured side by side in one run.
 
 The machine may be shared and its clock may drift, so the models alternate round by round on the same input and
 each figure is a median over rounds; a speed-up measured on separate runs would mostly measure the noise.
 
-``measure_isolated`` (the default of the quantize pass) times each model in a fresh process that holds only its
+``measure_isolated`` (what the quantize pass uses) times each model in a fresh process that holds only its
 session, as a deployment would. ``measure_interleaved`` keeps every session in this process: cheaper, but on a
-2-core host the idle sessions' thread pools disturb the one being timed, and INT8 reads slower than it runs
-(ResNet-20 1.60-1.67x FP32 there against 2.30-2.48x alone; BENCHMARKS.md).
+small host the idle sessions' thread pools disturb the one being timed and INT8 reads slower than it runs
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ class Latency:
     batch1_ms: float
     throughput: float  # images per second at ``batch``
     batch: int
+    throughput_range: tuple[float, float] | None = None  # slowest and fastest round, when rounds were kept
+
+    def clearly_faster(self, other: Latency) -> bool:
+        """Faster beyond the measured noise: this model's slowest round beats the other's fastest."""
+        if self.throughput_range is None or other.throughput_range is None:
+            return False
+        return self.throughput_range[0] > other.throughput_range[1]
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -84,32 +91,9 @@ def measure_isolated(
         np.save(npy, np.ascontiguousarray(images[:batch], dtype=np.float32))
         settings = BenchSettings(warmup=0.1, duration=seconds * rounds, iterations=3 * rounds, threads=threads)
         measured = measure_onnx_isolated(paths, [1, batch], settings, windows=rounds, inputs=npy, progress=progress)
-    return {k: Latency(float(np.median(measured[1][i][0])), float(batch * 1e3 / np.median(measured[batch][i][0])), batch)
-            for i, k in enumerate(models)}
-
-
-def speed_check(fp32: Latency, int8: Latency, min_speedup: float = 1.0) -> dict:
-    """Is INT8 faster than FP32? Judged on batch throughput and batch-1 latency; both must beat ``min_speedup``."""
-    throughput_x = int8.throughput / fp32.throughput
-    latency_x = fp32.batch1_ms / int8.batch1_ms
-    faster = throughput_x >= min_speedup and latency_x >= min_speedup
-    return {
-        "int8_faster": bool(faster),
-        "throughput_speedup": round(throughput_x, 3),
-        "batch1_speedup": round(latency_x, 3),
-        "fp32": fp32.as_dict(),
-        "int8": int8.as_dict(),
-    }
-
-
-def deployment(int8_faster: bool, fallback_to_fp32_if_slower: bool) -> str:
-    """Which model to deploy: INT8 unless it is not faster and the fallback to FP32 is on."""
-    return "int8" if int8_faster or not fallback_to_fp32_if_slower else "fp32"
-
-
-def candidates(results: dict, tolerance: float, limit: int = 3) -> list:
-    """Configurations within ``tolerance`` points of the best validation top-1 (best first, at most ``limit``):
-    differences that small are noise on a validation split of a thousand images, so speed decides among them."""
-    best = max(results.values())
-    ranked = sorted((c for c, v in results.items() if v >= best - tolerance), key=lambda c: -results[c])
-    return ranked[:limit]
+    out = {}
+    for i, k in enumerate(models):
+        per_round = [batch * 1e3 / ms for ms in measured[batch][i][2]]
+        out[k] = Latency(float(np.median(measured[1][i][0])), float(batch * 1e3 / np.median(measured[batch][i][0])),
+                         batch, (min(per_round), max(per_round)))
+    return out

@@ -1,0 +1,150 @@
+"""Quantune-style searched post-training INT8 quantization (Lee et al., arXiv 2202.05048).
+
+The float model is exported to ONNX; a search strategy (XGBoost tuner by default, warm-started from the shipped
+measurement database) measures configurations of :mod:`compressor.quant.space` as INT8 QDQ models in ONNX Runtime
+on the validation split. The most accurate candidates are timed against FP32 on the target
+(:mod:`compressor.runtime.latency`) and :mod:`compressor.quant.selection` picks the one to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from torch import nn
+
+from compressor.core.config import param, validate
+from compressor.core.context import Context
+from compressor.core.files import atomic_path
+from compressor.quant.problem import QuantProblem, top1_onnx
+from compressor.quant.qdq_rules import check_tensorrt
+from compressor.quant.selection import choose, deployment, latency_pool, speed_check
+from compressor.quant.space import TARGETS
+from compressor.quant.tuner import (
+    DEFAULT_DB,
+    Budget,
+    GeneticSearch,
+    GridSearch,
+    RandomSearch,
+    XGBoostTuner,
+    load_db,
+    model_descriptors,
+    plot_history,
+    search,
+)
+from compressor.runtime.export import export_onnx
+from compressor.runtime.latency import measure_isolated
+
+STRATEGIES = ("xgboost", "random", "ga", "grid")
+
+
+@dataclass
+class QuantizeConfig:
+    """target: ort-cpu | tensorrt. strategy: xgboost | random | ga | grid. max_evals / max_seconds /
+    max_accuracy_drop (points below FP32 validation top-1 that end the search early): the budget.
+    baselines: also run these strategies with the same budget for the history plot.
+    warm_start_db: measurement database for the XGBoost tuner ("" = the shipped one, "none" = no transfer).
+    mixed_fraction: share of weighted layers kept in float by mixed precision (the most sensitive ones).
+    accuracy_tolerance / latency_candidates: up to that many configurations within that many points of the
+    best validation top-1 (plus, on ort-cpu, the best fully fusable one) are timed against FP32.
+    speed_accuracy_budget: points of validation top-1 the pass may give up for an INT8 model that is faster
+    than FP32; the most accurate such candidate is written, else the most accurate candidate.
+    fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on ORT-CPU.
+    min_speedup / latency_batch / threads: the speed-up INT8 must reach at batch 1 and at ``latency_batch``,
+    timed with that many ORT intra-op threads, each model in its own process (``measure_isolated``)."""
+
+    target: str = param("ort-cpu", choices=TARGETS)
+    strategy: str = param("xgboost", choices=STRATEGIES)
+    max_evals: int = param(12, ge=1)
+    max_seconds: float | None = param(None, gt=0)
+    max_accuracy_drop: float | None = param(None, ge=0)
+    baselines: tuple[str, ...] = param((), choices=STRATEGIES)
+    warm_start_db: str = ""
+    mixed_fraction: float = param(0.1, gt=0, lt=1)
+    fallback_to_fp32_if_slower: bool = True
+    accuracy_tolerance: float = param(0.1, ge=0)
+    latency_candidates: int = param(3, ge=1)
+    speed_accuracy_budget: float = param(0.5, ge=0)
+    min_speedup: float = param(1.0, gt=0)
+    latency_batch: int = param(64, ge=1)
+    threads: int = param(2, ge=1)
+
+
+@dataclass
+class QuantuneResult:
+    int8_path: Path
+    fp32_path: Path
+    plot: Path
+    deploy: bool  # False: INT8 was not faster on ort-cpu and the fallback to FP32 is on
+    record: dict
+
+
+class Quantune:
+    """Search, time and write the INT8 model of one float model into ``ctx.out_dir``."""
+
+    def __init__(self, config: QuantizeConfig | None = None, measure_latency: Callable = measure_isolated) -> None:
+        self.config = validate(config or QuantizeConfig(), "quantize")
+        self.measure_latency = measure_latency
+
+    def _strategy(self, name: str, descriptors: dict, fp32: float):  # noqa: ANN202
+        if name == "xgboost":
+            db_path = self.config.warm_start_db
+            db = [] if db_path == "none" else load_db(db_path or DEFAULT_DB) if (db_path or DEFAULT_DB.exists()) else []
+            return XGBoostTuner(descriptors, fp32, db)
+        return {"random": RandomSearch, "ga": GeneticSearch, "grid": GridSearch}[name]()
+
+    def run(self, model: nn.Module, ctx: Context) -> QuantuneResult:
+        c = self.config
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        fp32_path = export_onnx(model, ctx.out_dir / "quantize_fp32.onnx", ctx.input_shape)
+        problem = QuantProblem(onnx.load(fp32_path), ctx.splits.calibration, ctx.splits.validation, ctx.preprocess,
+                               c.target, c.mixed_fraction)
+        fp32_val = top1_onnx(problem.float_model, ctx.splits.validation, ctx.preprocess)
+        descriptors = model_descriptors(model, problem.float_model)
+        target_acc = None if c.max_accuracy_drop is None else fp32_val - c.max_accuracy_drop
+        budget = Budget(c.max_evals, c.max_seconds, target_acc)
+        space = problem.space()
+        results = [
+            search(self._strategy(s, descriptors, fp32_val), space, problem.evaluate, budget, ctx.seed)
+            for s in (c.strategy, *[b for b in c.baselines if b != c.strategy])
+        ]
+        pool = latency_pool(problem.results, c.target, c.accuracy_tolerance, c.latency_candidates)
+        models = {f"int8:{cfg.key()}": problem.build(cfg) for cfg in pool}
+        images = ctx.preprocess(ctx.splits.validation.images[: c.latency_batch]).numpy()
+        timed = self.measure_latency({"fp32": problem.float_model, **models}, images, c.latency_batch, c.threads,
+                                     progress=ctx.progress)
+        lat = {cfg: timed[f"int8:{cfg.key()}"] for cfg in pool}
+        checks = {cfg: speed_check(timed["fp32"], lat[cfg], c.min_speedup) for cfg in pool}
+        best = choose(pool, problem.results, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance)
+        qdq, speed = models[f"int8:{best.key()}"], checks[best]
+        with atomic_path(ctx.out_dir / "quantized_int8.onnx") as tmp:
+            onnx.save(qdq, tmp)
+        plot = plot_history(results, fp32_val, ctx.out_dir / "quantize_search.png")
+        # ORT-CPU speed says nothing about a TensorRT engine, so it never vetoes the tensorrt target's INT8 model.
+        fallback = c.fallback_to_fp32_if_slower and c.target == "ort-cpu"
+        deploy = deployment(speed["int8_faster"], fallback)
+        record = {
+            "target": c.target,
+            "config": best.as_dict(),
+            "float_layers": problem.float_layers(best),
+            "val_top1": problem.results[best],
+            "latency_candidates": {cfg.key(): {**lat[cfg].as_dict(), "val_top1": problem.results[cfg]} for cfg in pool},
+            "fp32_val_top1": fp32_val,
+            "evaluations": problem.evaluations,
+            "calibration_runs": problem.calibrator.runs,
+            "search": [r.as_dict() for r in results],
+            **speed,
+            "fallback_to_fp32_if_slower": fallback,
+            "deploy": deploy,
+        }
+        if not speed["int8_faster"]:
+            record["speed_note"] = (
+                f"INT8 is not faster than FP32 on ORT-CPU here (throughput x{speed['throughput_speedup']}, batch-1 "
+                f"x{speed['batch1_speedup']}); deploying {deploy.upper()}"
+                + ("" if c.target == "ort-cpu" else " (the tensorrt target is not judged by ORT-CPU speed)")
+            )
+        if c.target == "tensorrt":
+            record["tensorrt_violations"] = check_tensorrt(qdq)
+        return QuantuneResult(ctx.out_dir / "quantized_int8.onnx", fp32_path, plot, deploy == "int8", record)
