@@ -34,7 +34,8 @@ SHAPE = (3, 32, 32)
 
 def criterion(name: str, seed: int, args: argparse.Namespace):  # noqa: ANN201
     if name == "lrp":
-        return LRPCriterion(abs=args.lrp_abs, normalize=args.lrp_normalize, residual=args.lrp_residual)
+        return LRPCriterion(abs=args.lrp_abs, normalize="sum" if args.lrp_normalize else "none",
+                            residual=args.lrp_residual)
     if name == "random":
         return RandomCriterion(seed)
     return CRITERIA[name]()

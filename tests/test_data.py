@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tarfile
 
 import numpy as np
@@ -87,4 +86,3 @@ def test_bad_data_sources(tmp_path, folder):
         load_dataset(trunc)
     with pytest.raises(CompressorError, match="does not exist"):
         load_dataset(tmp_path / "missing")
-    assert os.path.exists(DEMO_DATA)

@@ -462,10 +462,9 @@ def test_distill_with_cached_teacher_logits_is_the_same_training(teacher, demo_s
 
 def test_precision_checked_before_work(monkeypatch):
     from compressor.core import train
+    from compressor.core.config import from_dict
     from compressor.n2n.search import N2NConfig
     from compressor.passes.prune import PruneConfig
-
-    from compressor.core.config import from_dict
 
     with pytest.raises(CompressorError, match=r"precision is 'fp16'; choose fp32 \| bf16"):
         from_dict(train.FinetuneConfig, {"precision": "fp16"})

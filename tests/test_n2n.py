@@ -22,7 +22,8 @@ from compressor.graph.modules import ChannelPadShortcut
 from compressor.n2n.layers import STATE_DIM, Candidate, Measurement, build_student, describe_layers, remove_units
 from compressor.n2n.policy import RemovalPolicy, ShrinkPolicy
 from compressor.n2n.reward import RewardFunction, compression_reward, constraint_penalty
-from compressor.n2n.search import N2NConfig, N2NSearch, SerialExecutor
+from compressor.n2n.search import N2NConfig, N2NSearch
+from compressor.n2n.students import SerialExecutor
 from compressor.passes import PASSES, Context
 from compressor.runtime.export import export_onnx, ort_session
 
@@ -304,3 +305,27 @@ def test_bn_mode_decides_whether_students_refit_batchnorm(tmp_path, demo_splits,
     assert moved == (bn == "train")
     with pytest.raises(CompressorError, match="bn"):
         from_dict(N2NConfig, {"final_bn": "batch"}, "n2n")
+
+
+def test_reinforce_raises_the_probability_of_the_rewarded_action(tmp_path, demo_splits, teacher):
+    """Through the executor, a synthetic reward pays exactly the students that remove one chosen block: REINFORCE
+    must make removing that block more likely."""
+    search = N2NSearch(teacher, _ctx(demo_splits, teacher, tmp_path), N2NConfig(**dict(TINY, rollouts=8)))
+    target = next(layer.unit for layer in search.table.layers if layer.decides)
+
+    class Rewarding:
+        def map(self, fn, candidates):
+            return [Measurement(True, 100.0 * (target in c.remove), 1, 1) for c in candidates]
+
+    search.executor = Rewarding()
+    search.reward = lambda m, epoch: m.accuracy / 100
+    states, mask = search.table.states(), search.table.decision_mask()
+    index = next(i for i, layer in enumerate(search.table.layers) if layer.unit == target and layer.decides)
+
+    def p_remove_target() -> float:
+        with torch.no_grad():
+            return float(torch.softmax(search.removal(states.expand(1, -1, -1)), -1)[0, index, 0])
+
+    before = p_remove_target()
+    search._stage("removal", 25, search.removal, search.removal_opt, states, mask, search._removal_candidate)
+    assert p_remove_target() > before + 0.2

@@ -229,3 +229,21 @@ def test_functional_ops_couple_or_block_channels():
     graph.prune(groups[::3], pruned)
     assert pruned.fc.in_features == 8 and torch.allclose(masked(x), pruned(x), atol=1e-6)
     assert DependencyGraph(_Functional(shift=True), (3, 8, 8)).groups() == []  # x + 1 maps 0 to 1: not prunable
+
+
+def test_round_to_keeps_touched_widths_multiples_of_it(resnet20, splits, tmp_path):
+    ctx = _small_context(splits, resnet20, tmp_path)
+    config = PruneConfig(criterion="l1", target_ratio=0.4, scope="inner", global_ranking=False, round_to=8)
+    result = Prune(config).run(resnet20, ctx)
+    widths, original = result.metrics["widths"], conv_widths(resnet20)
+    touched = {n: w for n, w in widths.items() if w != original[n]}
+    assert touched and all(w % 8 == 0 for w in touched.values()), touched
+
+
+def test_iterative_schedule_meets_a_mac_target(resnet20, splits, tmp_path):
+    ctx = _small_context(splits, resnet20, tmp_path)
+    config = PruneConfig(criterion="l1", target_macs_reduction=1.3, schedule="iterative", step=0.1, scope="inner")
+    result = Prune(config).run(resnet20, ctx)
+    reduction = count_macs(resnet20, SHAPE) / count_macs(result.model, SHAPE)
+    assert reduction >= 1.3 and result.metrics["macs_reduction"] == pytest.approx(reduction)
+    assert len([s for s in result.metrics["steps"] if s["step"] > 0]) >= 2  # it took more than one step

@@ -283,7 +283,9 @@ def test_warm_start_database_loads():
     records = load_db(DEFAULT_DB)
     models = {r.model for r in records}
     assert len(models) >= 2 and len(records) >= 48
-    assert all(isinstance(r.config, QuantConfig) and 0 <= r.val_top1 <= 100 for r in records)
+    assert all(isinstance(r.config, QuantConfig) for r in records)
+    # Real measurements of trained models: the best configuration of every model is far above chance (10 %).
+    assert all(max(r.val_top1 for r in records if r.model == m) > 50 for m in models)
     r0 = records[0]
     assert len(features(r0.config, r0.descriptors)) == len(r0.config.one_hot()) + 8
     tuner = XGBoostTuner(r0.descriptors, r0.fp32_val_top1, records, r0.model)

@@ -56,7 +56,7 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
 
 
-def _fingerprint(path: Path) -> str:
+def source_fingerprint(path: Path) -> str:
     """Path + size + mtime of the source (every file of a directory), so any change misses the cache."""
     h = hashlib.sha256(str(path.resolve()).encode())
     if path.is_dir():
@@ -170,7 +170,7 @@ def load_dataset(path: str | Path, use_cache: bool = True) -> Dataset:
         raise CompressorError(f"data folder {path} is empty; it needs train/<class>/ and test/<class>/ image folders")
     if path.suffix == ".npz":
         return _read_npz(path)
-    cache = _cache_dir() / f"{path.name}-{_fingerprint(path)}.npz"
+    cache = _cache_dir() / f"{path.name}-{source_fingerprint(path)}.npz"
     if use_cache and cache.exists():
         z = np.load(cache, allow_pickle=False)
         train = Split(z["train_images"], z["train_labels"]) if "train_images" in z else None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from torch import nn
@@ -10,27 +13,34 @@ from torch.utils.flop_counter import FlopCounterMode
 from compressor.core.data import Preprocess, Split
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode and give every submodule back the training flag it had, even on error."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward on one input (torch's FLOP counter, FLOPs / 2: conv and matmul)."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *input_shape))
-    model.train(was_training)
     return counter.get_total_flops() // 2
 
 
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, preprocess: Preprocess, batch_size: int = 500) -> np.ndarray:
     """Logits for every image of a split, in eval mode."""
-    was_training = model.training
-    model.eval()
-    outs = [model(preprocess(split.images[i : i + batch_size])) for i in range(0, len(split), batch_size)]
-    model.train(was_training)
+    with eval_mode(model):
+        outs = [model(preprocess(split.images[i : i + batch_size])) for i in range(0, len(split), batch_size)]
     return torch.cat(outs).numpy()
 
 

@@ -4,14 +4,14 @@ Two BatchNorm modes. ``bn: frozen`` (default) keeps BN on its running statistics
 is what lets the loop run in Tune mode (You et al., ICLR 2024): each conv→BN pair becomes one convolution whose
 weights are folded differentiably on every forward, saving the activation memory of the separate BN. It suits
 short fine-tunes but needs a small rate: a frozen BN divides by running σ, so a channel with a tiny variance
-turns a normal SGD step into a huge one (measured: lr 0.004 sends a pruned ResNet-56 to 7.8 % in 300 steps).
+turns a normal SGD step into a huge one, and rates only a few times the default diverge (docs/passes.md).
 ``bn: train`` normalises with batch statistics (and updates the running ones), the usual way to retrain a pruned
 network for many epochs at rates around 0.01–0.05; Tune mode does not apply there (it is defined for Eval).
 
 Two precisions. ``fp32`` (default) everywhere. ``bf16`` runs the student's and the teacher's forward passes under
 ``torch.autocast`` (convolutions and the linear layer in bfloat16, weights, optimizer and losses in float32), with
 channels-last tensors for models whose widths are multiples of 8, which oneDNN runs on AVX-512 BF16 / AMX units
-(measured on a Xeon with AMX: 2.5× faster per ResNet-56 KD step, 1.75–1.95× with pruned students; BENCHMARKS.md).
+(speed-ups in docs/performance.md).
 It is refused on CPUs without native bfloat16, where it would be emulated.
 """
 
@@ -52,8 +52,8 @@ class FinetuneConfig:
 
     ``kd_loss``: "kl" (Hinton, with temperature) or "mse" (logit MSE, as N2N). ``bn``: "frozen" (running
     statistics; Tune mode applies) or "train" (batch statistics). ``precision``: "fp32" or "bf16" (autocast and,
-    where widths allow, channels-last; needs native bfloat16). Frozen-BN fine-tuning of the CIFAR nets diverges
-    at rates near 0.01, hence the small default ``lr`` (BENCHMARKS.md, fine-tuning).
+    where widths allow, channels-last; needs native bfloat16). The small default ``lr`` is for frozen BN, which
+    diverges at larger rates (docs/passes.md).
     """
 
     steps: int = param(200, ge=0)

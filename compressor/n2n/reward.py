@@ -35,8 +35,8 @@ class RewardFunction:
     """Turns a measurement into a reward: −1 if invalid, the N2N reward otherwise, penalised outside hard limits.
 
     max_* are the paper's limits. min_* are floors, our addition: the reward C(2 − C)·A_s/A_t keeps paying for
-    compression past the point where a student still recovers after fine-tuning (on ResNet-56 it chose 2.8–3.3×
-    students that lost ~3 pt), so a floor holds the search inside a size band; violators get the same penalty.
+    compression past the point where a student still recovers after fine-tuning (docs/lab-notes/n2n.md), so a
+    floor holds the search inside a size band; violators get the same penalty.
     """
 
     teacher_accuracy: float

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,8 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compressor.core.config import param, validate
-from compressor.core.data import Preprocess, Split
-from compressor.core.metrics import count_macs, count_params, predict
+from compressor.core.metrics import count_macs, count_params
 from compressor.core.serialize import atomic_torch_save
 from compressor.core.train import BN_MODES, TRAIN_PRECISIONS, FinetuneConfig, distill, precision_problem
 from compressor.errors import CompressorError
@@ -55,65 +54,7 @@ from compressor.n2n.layers import (
 )
 from compressor.n2n.policy import RemovalPolicy, ShrinkPolicy
 from compressor.n2n.reward import RewardFunction
-
-
-def stable_seed(*parts: object) -> int:
-    """A seed from any printable values, identical across processes (unlike ``hash``)."""
-    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16)
-
-
-class StudentEvaluator:
-    """Builds, distils and scores one candidate: the unit of work an executor runs.
-
-    The student trains on ``train`` by KD for ``finetune.steps`` steps, seeded from the candidate itself, so a
-    candidate measures the same wherever and whenever it runs; accuracy comes from ``score`` (the validation
-    split, never the test set).
-    """
-
-    def __init__(self, parent: nn.Module, table: LayerTable, teacher: nn.Module, train: Split, preprocess: Preprocess,
-                 score: Callable[[nn.Module], float], input_shape: tuple[int, ...], finetune: FinetuneConfig,
-                 seed: int = 0, fixed: Sequence[str] = ()):
-        self.fixed = tuple(fixed)
-        self.parent, self.table, self.teacher, self.train, self.preprocess = parent, table, teacher, train, preprocess
-        self.score, self.input_shape, self.finetune, self.seed = score, input_shape, finetune, seed
-        self._teacher_logits: torch.Tensor | None = None  # computed on first use, when students do not augment
-        with torch.no_grad():
-            self._out_shape = tuple(parent.eval()(torch.zeros(2, *input_shape)).shape)
-
-    def __call__(self, candidate: Candidate) -> Measurement:
-        start = time.perf_counter()
-        try:
-            student = build_student(self.parent, self.table, candidate, self.input_shape, self.fixed)
-            with torch.no_grad():
-                out = student(torch.zeros(2, *self.input_shape))
-            if tuple(out.shape) != self._out_shape:
-                raise ValueError(f"output shape {tuple(out.shape)} != {self._out_shape}")
-        except (RuntimeError, ValueError, CompressorError) as exc:
-            return Measurement(False, seconds=time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}"[:300])
-        params, macs = count_params(student), count_macs(student, self.input_shape)
-        if not self.finetune.augment and self._teacher_logits is None:
-            self._teacher_logits = torch.from_numpy(predict(self.teacher, self.train, self.preprocess))
-        losses = distill(student, self.teacher, self.train, self.preprocess, self.finetune,
-                         seed=stable_seed(self.seed, candidate.key()), progress=False,
-                         cached_logits=None if self.finetune.augment else self._teacher_logits)
-        note = "" if np.isfinite(losses).all() else "training diverged (non-finite loss); lower student_lr"
-        return Measurement(True, self.score(student), params, macs, time.perf_counter() - start, note)
-
-
-class Executor(Protocol):
-    """Maps the measurement over candidates; results come back in candidate order."""
-
-    def map(self, fn: Callable[[Candidate], Measurement], candidates: Sequence[Candidate]) -> list[Measurement]: ...
-
-
-class SerialExecutor:
-    """Runs candidates one after another in this process (the default)."""
-
-    def map(self, fn: Callable[[Candidate], Measurement], candidates: Sequence[Candidate]) -> list[Measurement]:
-        return [fn(c) for c in candidates]
-
-
-# ------------------------------------------------------------------------------------------------------ search
+from compressor.n2n.students import Executor, SerialExecutor, StudentEvaluator
 
 
 @dataclass
@@ -126,7 +67,7 @@ class N2NConfig:
     and 0.1); hidden: LSTM width (30); scales: stage-2 width choices (default: the reference set, repeats kept);
     baseline_decay: moving average of iteration-mean rewards used as baseline. kd_loss "mse" is the paper's
     logit MSE (ce_weight 0: no hard labels in the search); with frozen BN it needs a small rate (student_lr and
-    final_lr 0.001: at 0.01 a ResNet-56 student with removed blocks diverged within five steps). bn / final_bn:
+    final_lr 0.001; larger rates diverged with removed blocks). bn / final_bn:
     BatchNorm during the students' and the final fine-tune, "frozen" (running statistics) or "train" (batch
     statistics, which re-fits the statistics a removed block leaves stale and takes rates around 0.01).
     precision: "fp32" or "bf16" for every student and the final fine-tune (see compressor.core.train).
@@ -135,7 +76,7 @@ class N2NConfig:
     the paper's; the final fine-tune still augments).
     size_measure: "params" (paper) or "macs" for C; max_params / max_macs: hard limits enforced by the annealed
     penalty over penalty_epochs iterations; min_params / min_macs: floors under the same penalty (our addition, to
-    search a size band instead of the reward's preferred ~3×, see RewardFunction). fixed: module names never
+    search a size band instead of the size the reward alone prefers, see RewardFunction). fixed: module names never
     removed or shrunk. final_*: the best student's fine-tune (KD + CE on the whole fine-tune split).
     policy_init: a saved ``n2n_policy.pt`` to warm-start from (policy transfer). resume: continue a checkpointed
     search with the same settings (iteration counts may grow).

@@ -41,7 +41,7 @@ def prepare_out_dir(out_dir: Path) -> None:
         raise CompressorError(f"output folder {out_dir} is not writable; choose another --out")
 
 
-def _fingerprint(recipe: Recipe, upto: int) -> str:
+def stage_fingerprint(recipe: Recipe, upto: int) -> str:
     d = to_dict(recipe)
     key = {"model": d["model"], "data": d["data"], "seed": d["seed"], "passes": d["passes"][:upto]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -128,7 +128,7 @@ class Pipeline:
             name = f"{i:02d}_{spec.name}"
             bar.set_postfix_str(spec.name)
             stage_file = stages_dir / f"{name}.pt"
-            fp = _fingerprint(r, i)
+            fp = stage_fingerprint(r, i)
             reused = None
             if self.resume and stage_file.exists():
                 try:

@@ -1,15 +1,17 @@
-"""Filter-importance criteria for structured pruning: one small class per criterion, one ``__call__``.
+"""Filter-importance criteria for structured pruning: one small class per criterion behind one protocol.
 
-Each criterion maps (model, reference images, preprocessing) to a score per output channel of every Conv2d
-(higher = more important). :func:`group_scores` turns them into one score per coupled channel group of a
-:class:`~compressor.graph.dependency.DependencyGraph`: the mean over the group's source convs, so a residual-stream
-channel that ten convolutions write is judged by its average importance in those layers.
+A :class:`Criterion` maps (model, reference images, preprocessing) to a score per output channel of every Conv2d
+(higher = more important), normalised per layer as its ``normalize`` field says (:func:`normalize_layer`).
+:func:`group_scores` turns them into one score per coupled channel group of a
+:class:`~compressor.graph.dependency.DependencyGraph` with a ``reduction`` over the group's source convs (the mean
+by default, so a residual-stream channel that ten convolutions write is judged by its average importance).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -17,8 +19,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.core.data import Preprocess, Split
+from compressor.core.metrics import eval_mode
 from compressor.graph.dependency import Group
 from compressor.pruning import lrp
+
+NORMALIZATIONS = ("none", "sum", "l2")
+REDUCTIONS = {"mean": np.mean, "sum": np.sum, "max": np.max}
+
+
+class Criterion(Protocol):
+    def __call__(self, model: nn.Module, data: Split, preprocess: Preprocess) -> dict[str, torch.Tensor]: ...
+
+
+def normalize_layer(scores: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:
+    """Per layer: 'none', 'sum' (divide by the layer's total |score|) or 'l2' (divide by its L2 norm)."""
+    if mode == "none":
+        return scores
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
+    norm = (lambda s: s.abs().sum()) if mode == "sum" else (lambda s: s.norm())
+    return {n: s / norm(s).clamp_min(1e-12) for n, s in scores.items()}
 
 
 def _convs(model: nn.Module) -> dict[str, nn.Conv2d]:
@@ -32,13 +52,13 @@ class LRPCriterion:
     LRP from the one-hot true label with the rules of :func:`compressor.pruning.lrp.yeom_composite`; score = relevance at
     the filter's output summed over reference samples and positions. ``abs``: 'elementwise' (Σ|R|, the
     paper's ResNet code, default), 'per_sample' (Σ_n|Σ_hw R|, the PXP re-implementation) or 'none' (signed Σ R,
-    the paper's VGG code). ``normalize`` divides every layer's scores by the layer total (off by default, as in
-    the ResNet code: relevance is conserved across layers, so raw scores are already comparable). ``residual``:
+    the paper's VGG code). ``normalize``: 'none' by default, as in the ResNet code (relevance is conserved across
+    layers, so raw scores are already comparable); 'sum' divides every layer by its total. ``residual``:
     rule at residual additions, 'proportional' (the paper) or 'gradient' (see :func:`~compressor.pruning.lrp.yeom_composite`).
     """
 
     abs: str = "elementwise"
-    normalize: bool = False
+    normalize: str = "none"
     residual: str = "proportional"
     batch_size: int = 50
 
@@ -48,7 +68,7 @@ class LRPCriterion:
             model, preprocess(data.images), torch.from_numpy(data.labels), low, high, self.batch_size,
             residual=self.residual,
         )
-        return lrp.filter_scores(captured, self.abs, self.normalize)
+        return normalize_layer(lrp.filter_scores(captured, self.abs), self.normalize)
 
 
 @dataclass
@@ -71,6 +91,7 @@ class TaylorCriterion:
     """
 
     batch_size: int = 50
+    normalize: str = "l2"
 
     def __call__(self, model: nn.Module, data: Split, preprocess: Preprocess) -> dict[str, torch.Tensor]:
         convs = _convs(model)
@@ -84,23 +105,21 @@ class TaylorCriterion:
             return hook
 
         handles = [m.register_forward_hook(keep(n)) for n, m in convs.items()]
-        was_training = model.training
-        model.eval()
         try:
-            for i in range(0, len(data), self.batch_size):
-                x = preprocess(data.images[i : i + self.batch_size])
-                y = torch.from_numpy(data.labels[i : i + self.batch_size])
-                model.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y, reduction="sum").backward()
-                for n, a in acts.items():
-                    sums[n] += (a.detach() * a.grad).mean(dim=(2, 3)).abs().sum(0)
-                acts.clear()
+            with eval_mode(model):
+                for i in range(0, len(data), self.batch_size):
+                    x = preprocess(data.images[i : i + self.batch_size])
+                    y = torch.from_numpy(data.labels[i : i + self.batch_size])
+                    model.zero_grad(set_to_none=True)
+                    F.cross_entropy(model(x), y, reduction="sum").backward()
+                    for n, a in acts.items():
+                        sums[n] += (a.detach() * a.grad).mean(dim=(2, 3)).abs().sum(0)
+                    acts.clear()
         finally:
             for h in handles:
                 h.remove()
             model.zero_grad(set_to_none=True)
-            model.train(was_training)
-        return {n: (s / len(data)) / (s / len(data)).norm().clamp_min(1e-12) for n, s in sums.items()}
+        return normalize_layer({n: s / len(data) for n, s in sums.items()}, self.normalize)
 
 
 @dataclass
@@ -118,6 +137,7 @@ class RandomCriterion:
 CRITERIA = {"lrp": LRPCriterion, "l1": L1Criterion, "taylor": TaylorCriterion, "random": RandomCriterion}
 
 
-def group_scores(groups: Iterable[Group], conv_scores: dict[str, torch.Tensor]) -> np.ndarray:
-    """One score per group: the mean of its source filters' scores."""
-    return np.array([float(np.mean([float(conv_scores[n][c]) for n, c in g.sources])) for g in groups])
+def group_scores(groups: Iterable[Group], conv_scores: dict[str, torch.Tensor], reduction: str = "mean") -> np.ndarray:
+    """One score per group: its source filters' scores reduced by ``reduction`` (mean | sum | max)."""
+    reduce = REDUCTIONS[reduction]
+    return np.array([float(reduce([float(conv_scores[n][c]) for n, c in g.sources])) for g in groups])

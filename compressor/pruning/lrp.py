@@ -382,14 +382,6 @@ def relevance_at_convs(
     return (captured, torch.cat(inputs)) if return_input else captured
 
 
-def filter_scores(
-    captured: dict[str, ConvRelevance], abs_mode: str = "elementwise", normalize: bool = False
-) -> dict[str, Tensor]:
-    """Per-conv filter scores from captured relevance; ``normalize`` divides each layer by its total."""
-    scores = {}
-    for name, rel in captured.items():
-        s = rel.score(abs_mode)
-        if normalize:
-            s = s / s.abs().sum().clamp_min(1e-12)
-        scores[name] = s
-    return scores
+def filter_scores(captured: dict[str, ConvRelevance], abs_mode: str = "elementwise") -> dict[str, Tensor]:
+    """Per-conv filter scores from captured relevance (see :meth:`ConvRelevance.score`)."""
+    return {name: rel.score(abs_mode) for name, rel in captured.items()}

@@ -23,7 +23,7 @@ from torch import nn
 from compressor.core.config import param, validate
 from compressor.core.context import Context
 from compressor.core.data import Preprocess, Split
-from compressor.core.metrics import count_macs, count_params
+from compressor.core.metrics import count_macs, count_params, eval_mode
 from compressor.core.train import BN_MODES, TRAIN_PRECISIONS, FinetuneConfig, distill, precision_problem
 from compressor.errors import CompressorError
 from compressor.graph.dependency import DependencyGraph, Group
@@ -92,7 +92,8 @@ class PruneConfig:
 
     def criterion_object(self, seed: int):  # noqa: ANN201
         if self.criterion == "lrp":
-            return LRPCriterion(abs=self.lrp_abs, normalize=self.lrp_normalize, residual=self.lrp_residual)
+            return LRPCriterion(abs=self.lrp_abs, normalize="sum" if self.lrp_normalize else "none",
+                                residual=self.lrp_residual)
         if self.criterion == "random":
             return RandomCriterion(seed)
         return CRITERIA[self.criterion]()
@@ -173,15 +174,13 @@ def mean_compensation(model: nn.Module, groups: list[Group], data: Split, prepro
         return pre
 
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in wanted]
-    was_training = model.training
-    model.eval()
     try:
-        for i in range(0, len(data), batch_size):
-            model(preprocess(data.images[i : i + batch_size]))
+        with eval_mode(model):
+            for i in range(0, len(data), batch_size):
+                model(preprocess(data.images[i : i + batch_size]))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     delta = {}
     for name, channels in wanted.items():
         weight = model.get_submodule(name).weight

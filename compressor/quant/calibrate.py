@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from compressor.core.data import Preprocess, Split
 from compressor.core.files import write_atomic
+from compressor.quant.space import Clipping
 
 BINS = 2048  # signed histogram bins over [-R, R]; divisible by 4 so range doubling merges bins exactly
 BATCH = 50
@@ -183,11 +184,16 @@ def percentile_threshold(s: TensorStats, percentile: float = 99.99) -> float:
     return s.bound * min(idx + 1, len(hist)) / len(hist)
 
 
+_THRESHOLDS = {Clipping.ENTROPY: entropy_threshold, Clipping.PERCENTILE: percentile_threshold}
+
+
 def tensor_range(s: TensorStats, clipping: str) -> tuple[float, float]:
-    """(low, high) for one tensor; clipping thresholds are on |x| and never widen the observed range."""
-    if clipping == "max":
+    """(low, high) for one tensor; clipping thresholds are on |x| and never widen the observed range. An unknown
+    clipping is a ValueError (``Clipping(...)``), never a silent fallback."""
+    clipping = Clipping(clipping)
+    if clipping is Clipping.MAX:
         return s.min, s.max
-    t = entropy_threshold(s) if clipping == "entropy" else percentile_threshold(s)
+    t = _THRESHOLDS[clipping](s)
     return max(s.min, -t), min(s.max, t)
 
 

@@ -184,8 +184,8 @@ def shortcut_convs(model: onnx.ModelProto) -> int:
     Slice every other column, Pad the channels with the zero point) by one 1×1 convolution with stride 2 whose int8
     weights are a shifted identity (weight scale 1, output scale and zero point = input's): the accumulator is
     x − zero_point exactly and the requantization multiplier is exactly 1, so every output byte is the same.
-    Why: ORT runs a uint8 Pad on the channel axis of its NHWC layout one pixel at a time (measured on ResNet-20 at
-    batch 64: the Slices and Pads took 1.2 ms of 20.3), while the 1×1 QLinearConv is one cheap integer kernel.
+    Why: ORT runs a uint8 Pad on the channel axis of its NHWC layout one pixel at a time (profile in
+    docs/lab-notes/int8-latency.md), while the 1×1 QLinearConv is one cheap integer kernel.
     Returns the number of shortcuts rewritten."""
     g = model.graph
     producers, consumers, inits = graph_index(model)
@@ -241,7 +241,7 @@ def pad_input_channels(model: onnx.ModelProto, multiple: int = 4) -> int:
     """Give every quantized dense conv whose input-channel count is not a multiple of ``multiple`` zero input
     channels: the integer input is padded with its zero point and the int8 weights with zeros, so the result is
     unchanged. Why: MLAS's u8s8 kernels work on groups of four bytes (VNNI) and fall back to a slow path for the
-    RGB stem (measured: a 3→16 QLinearConv at batch 64 took 6.5 ms, the same conv with 4 inputs 4.1 ms).
+    RGB stem (docs/lab-notes/int8-latency.md).
     Returns the number of convs padded."""
     g = model.graph
     producers, consumers, inits = graph_index(model)

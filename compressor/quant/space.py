@@ -19,18 +19,28 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass
+from enum import Enum
+
+
+class Clipping(str, Enum):
+    """How a tensor's range is cut from its statistics (values are what configs and the database store)."""
+
+    MAX = "max"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
 
 CALIBRATION_SIZES = (1, 1000, 10000)
-CLIPPINGS = ("max", "entropy", "percentile")
+CLIPPINGS = tuple(c.value for c in Clipping)
 SCHEMES = ("asymmetric", "symmetric", "symmetric_uint8", "power_of_two")
 GRANULARITIES = ("per_tensor", "per_channel")
-PRECISIONS = ("int8", "mixed")
+PRECISION_MODES = ("int8", "mixed")
 KNOBS = {
     "calibration": CALIBRATION_SIZES,
     "clipping": CLIPPINGS,
     "scheme": SCHEMES,
     "granularity": GRANULARITIES,
-    "precision": PRECISIONS,
+    "precision": PRECISION_MODES,
 }
 TARGETS = ("ort-cpu", "tensorrt")
 
@@ -88,6 +98,6 @@ def config_space(target: str = "ort-cpu", max_calibration: int | None = None) ->
         sizes = kept
     out = [
         QuantConfig(*values)
-        for values in itertools.product(sizes, CLIPPINGS, SCHEMES, GRANULARITIES, PRECISIONS)
+        for values in itertools.product(sizes, CLIPPINGS, SCHEMES, GRANULARITIES, PRECISION_MODES)
     ]
     return [c for c in out if allowed(c, target)]

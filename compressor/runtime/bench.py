@@ -7,8 +7,8 @@ trtexec reports "Throughput: N qps" (queries = batched inferences per second of 
 
 ONNX Runtime artifacts are timed in fresh processes that hold one session each (this module imports torch only
 when a torch backend is asked for, so ``python -m compressor.runtime.bench --child`` stays light): on a 2-core host an
-idle session's thread pool in the same process slows the session being timed, which made INT8 read 1.85-1.98x
-FP32 interleaved in one process where it runs 2.1-2.6x alone (BENCHMARKS.md). Several artifacts alternate
+idle session's thread pool in the same process slows the session being timed and understates INT8
+(docs/performance.md). Several artifacts alternate
 window by window, A, B, A, B, ...; the quantize pass's INT8-faster check uses the same children.
 """
 

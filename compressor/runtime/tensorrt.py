@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compressor.core.files import atomic_path
 from compressor.errors import CompressorError
 
-PRECISIONS = ("int8", "fp16", "fp32")
+ENGINE_PRECISIONS = ("int8", "fp16", "fp32")
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
@@ -89,8 +89,8 @@ def convert_float_to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _onnx_input(path: Path, precision: str) -> bytes:
-    if precision not in PRECISIONS:
-        raise CompressorError(f"unknown TensorRT precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision not in ENGINE_PRECISIONS:
+        raise CompressorError(f"unknown TensorRT precision {precision!r}; use one of {', '.join(ENGINE_PRECISIONS)}")
     if not path.is_file():
         raise CompressorError(f"ONNX model {path} does not exist; export it first (compressor export)")
     model = onnx.load(str(path))

@@ -1,0 +1,73 @@
+"""The demo recipe end to end, as `compressor compress --recipe recipes/demo.yaml` runs it: which artifact is
+deployed when INT8 is faster and when it is not, that the gate judges that artifact, and --resume across the
+quantize stage. Latencies are injected (timing is not what this tests); only the bench windows are shortened."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+import compressor
+from compressor.passes.quantize import Quantize
+from compressor.pipeline.recipe import read_recipe_file
+from compressor.runtime.latency import Latency
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_latency(int8_faster: bool):
+    def measure(models, images, batch, threads, progress=False):
+        fp32 = Latency(0.5, 3000.0, batch, (2900.0, 3100.0))
+        int8 = Latency(0.25, 6000.0, batch, (5900.0, 6100.0)) if int8_faster else Latency(1.0, 1500.0, batch, (1400.0, 1600.0))
+        return {k: fp32 if k == "fp32" else int8 for k in models}
+    return measure
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    recipe = read_recipe_file(ROOT / "recipes" / "demo.yaml")
+    recipe["model"]["weights"] = str(ROOT / recipe["model"]["weights"])
+    recipe["data"]["path"] = str(ROOT / recipe["data"]["path"])
+    recipe["bench"] = {**recipe["bench"], "duration": 0.05, "warmup": 0.01}
+    return recipe, tmp_path_factory.mktemp("demo") / "out"
+
+
+def _stage(report, name):
+    return next(s for s in report.stages if s.stage == name)
+
+
+def test_demo_deploys_int8_when_faster_then_fp32_when_not(demo, monkeypatch):
+    recipe, out = demo
+    monkeypatch.setattr(Quantize, "measure_latency", staticmethod(_fake_latency(True)))
+    report = compressor.compress(recipe, out, progress=False)
+    assert [s.stage for s in report.stages] == ["teacher", "01_prune", "02_fold_bn", "03_quantize", "export_onnx",
+                                                "export_onnx_int8"]
+    quant = _stage(report, "03_quantize")
+    assert quant.artifact["precision"] == "int8" and quant.artifact["deploy"] is True
+    assert report.deployed == "model_int8.onnx" and _sha(out / "model_int8.onnx") == _sha(out / quant.artifact["path"])
+    assert "search" in quant.plots and (out / quant.plots["search"]).is_file()
+    # The gate judges the deployed INT8 model, not the FP32 export.
+    drop = report.gate[0]
+    assert drop.actual == pytest.approx(report.stages[0].top1 - _stage(report, "export_onnx_int8").top1)
+    int8_hash = _sha(out / "model_int8.onnx")
+
+    # Resumed across the quantize stage: nothing is recomputed and the deployed bytes are the same.
+    report = compressor.compress(recipe, out, resume=True, progress=False)
+    assert all(s.details.get("resumed") for s in report.stages[1:4])
+    assert report.deployed == "model_int8.onnx" and _sha(out / "model_int8.onnx") == int8_hash
+
+    # Re-run only the quantize stage with INT8 slower than FP32: the fallback deploys the FP32 export.
+    (out / "stages" / "03_quantize.pt").unlink()
+    monkeypatch.setattr(Quantize, "measure_latency", staticmethod(_fake_latency(False)))
+    report = compressor.compress(recipe, out, resume=True, progress=False)
+    assert report.stages[1].details.get("resumed") and not _stage(report, "03_quantize").details.get("resumed")
+    quant = _stage(report, "03_quantize")
+    assert quant.artifact["deploy"] is False and "not faster" in quant.details["speed_note"]
+    assert report.deployed == "model.onnx"
+    assert report.gate[0].actual == pytest.approx(report.stages[0].top1 - _stage(report, "export_onnx").top1)
