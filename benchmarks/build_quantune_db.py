@@ -2,7 +2,7 @@
 
 Reads the ``grid_<model>.json`` files that ``benchmarks/quant_search.py measure`` wrote (every configuration of the
 ort-cpu space measured as an INT8 QDQ model in ONNX Runtime on the validation split of the real CIFAR-10 JPEG
-data, with the shared teachers) and writes ``compressor/data/quantune_db.json``. The tuner leaves the current
+data, with the shared teachers) and writes ``compressor/quant/quantune_db.json``. The tuner leaves the current
 model out when it trains on this file.
 
     python benchmarks/build_quantune_db.py [--grids out/quant_bench]

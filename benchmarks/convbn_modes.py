@@ -33,7 +33,7 @@ def _rss_kib() -> int:
 def _load_teacher(name: str, path: str):
     import torch
 
-    from compressor.zoo import ZOO
+    from compressor.core.zoo import ZOO
 
     model = ZOO[name]()
     model.load_state_dict(torch.load(path, weights_only=True))
@@ -44,7 +44,7 @@ def prepare(args: argparse.Namespace, out: Path) -> None:
     """Write the step batches (real training images, seeded) to ``out`` so mode workers load only those."""
     import numpy as np
 
-    from compressor.data import load_dataset
+    from compressor.core.data import load_dataset
 
     ds = load_dataset(args.data)
     rng = np.random.default_rng(args.seed)
@@ -65,8 +65,8 @@ def worker(args: argparse.Namespace, batches: Path) -> dict:
     import torch.nn.functional as F
     from torch import nn
 
-    from compressor.data import Preprocess
-    from compressor.fusion import enable_tune_mode
+    from compressor.core.data import Preprocess
+    from compressor.graph.fusion import enable_tune_mode
 
     torch.manual_seed(args.seed)
     if args.threads:
@@ -116,8 +116,8 @@ def onnx_worker(args: argparse.Namespace, test_images: Path) -> dict:
     import onnxruntime as ort
     import torch
 
-    from compressor.data import Preprocess
-    from compressor.fusion import fold_batchnorm
+    from compressor.core.data import Preprocess
+    from compressor.graph.fusion import fold_batchnorm
 
     model = _load_teacher(args.model, args.teacher).eval()
     x64 = Preprocess()(np.load(test_images)["images"]).numpy()

@@ -25,12 +25,12 @@ def build(model_name: str, weights: str, work: Path) -> tuple[Path, Path]:
     import onnx
     import torch
 
-    from compressor.data import Preprocess, load_dataset, make_splits
-    from compressor.export import export_onnx
-    from compressor.fusion import fold_batchnorm
+    from compressor.core.data import Preprocess, load_dataset, make_splits
+    from compressor.core.zoo import ZOO
+    from compressor.graph.fusion import fold_batchnorm
     from compressor.quant.problem import QuantProblem
     from compressor.quant.space import QuantConfig
-    from compressor.zoo import ZOO
+    from compressor.runtime.export import export_onnx
 
     splits = make_splits(load_dataset(str(ROOT / "demo" / "cifar10-demo.tar.gz")), 0, validation=200, calibration=200)
     model = ZOO[model_name]()

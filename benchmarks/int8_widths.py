@@ -18,16 +18,16 @@ from pathlib import Path
 import onnx
 import torch
 
-from compressor.data import Preprocess, load_dataset, make_splits
-from compressor.export import export_onnx
-from compressor.fusion import fold_batchnorm
+from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.serialize import load_model
+from compressor.core.zoo import ZOO
+from compressor.graph.fusion import fold_batchnorm
 from compressor.passes.base import Context
 from compressor.passes.prune import Prune, PruneConfig
 from compressor.quant.latency import measure_interleaved
 from compressor.quant.problem import QuantProblem
 from compressor.quant.space import QuantConfig
-from compressor.serialize import load_model
-from compressor.zoo import ZOO
+from compressor.runtime.export import export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 32, 32)

@@ -3,7 +3,7 @@
 Runs the two-stage N2N search (compressor.n2n) within the budget given on the command line, fine-tunes the best
 student (KD + CE), and compares it with (a) removing the same number of residual blocks chosen at random and
 (b) removing the blocks whose residual branch receives the least LRP relevance (Yeom et al.; falls back to the
-L1 norm of the branch's filters when compressor.lrp is absent). Reports parameters, MACs, validation and test
+L1 norm of the branch's filters when compressor.pruning.lrp is absent). Reports parameters, MACs, validation and test
 top-1 and wall times, and writes them to ``<out>/n2n_resnet56.json``. Test images are used only for reporting.
 
 Example (small CPU run):
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compressor.data import Preprocess, load_dataset, make_splits
-from compressor.metrics import count_macs, count_params, predict, top1
-from compressor.n2n import Candidate, N2NConfig, N2NSearch, build_student, describe_layers
+from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.metrics import count_macs, count_params, predict, top1
+from compressor.core.train import BN_MODES, PRECISIONS, FinetuneConfig, distill
+from compressor.core.zoo import ZOO
+from compressor.n2n.search import Candidate, N2NConfig, N2NSearch, build_student, describe_layers
 from compressor.passes import Context
-from compressor.train import BN_MODES, PRECISIONS, FinetuneConfig, distill
-from compressor.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -37,11 +37,11 @@ TEACHER_TEST_TOP1 = 90.08  # data README, all 10,000 test images
 def block_scores(teacher: torch.nn.Module, table, splits, preprocess: Preprocess) -> tuple[dict[str, float], str]:
     """Score of each removable block: relevance (or L1) at its residual branch's last conv, summed over filters."""
     try:
-        from compressor.criteria import LRPCriterion
+        from compressor.pruning.criteria import LRPCriterion
 
         scores, how = LRPCriterion()(teacher, splits.reference, preprocess), "lrp"
     except ImportError:
-        from compressor.criteria import L1Criterion
+        from compressor.pruning.criteria import L1Criterion
 
         scores, how = L1Criterion()(teacher), "l1"
     last = {}

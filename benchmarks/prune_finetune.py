@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compressor.data import Preprocess, load_dataset, make_splits
-from compressor.metrics import count_macs, count_params, predict, top1
+from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.metrics import count_macs, count_params, predict, top1
+from compressor.core.serialize import save_model
+from compressor.core.train import BN_MODES, PRECISIONS
+from compressor.core.zoo import ZOO
 from compressor.passes.base import Context
 from compressor.passes.prune import Prune, PruneConfig
-from compressor.serialize import save_model
-from compressor.train import BN_MODES, PRECISIONS
-from compressor.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the result (config, steps, test top-1) to this path")
-    p.add_argument("--save", help="save the pruned, fine-tuned model here (compressor.serialize format, no pickle)")
+    p.add_argument("--save", help="save the pruned, fine-tuned model here (compressor.core.serialize format, no pickle)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compressor.criteria import CRITERIA, LRPCriterion, RandomCriterion, group_scores
-from compressor.data import Preprocess, load_dataset, make_splits
-from compressor.dependency import DependencyGraph
-from compressor.metrics import count_macs, predict, top1
+from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.metrics import count_macs, predict, top1
+from compressor.core.zoo import ZOO
+from compressor.graph.dependency import DependencyGraph
 from compressor.passes.prune import conv_widths, recalibrate_bn, select
-from compressor.zoo import ZOO
+from compressor.pruning.criteria import CRITERIA, LRPCriterion, RandomCriterion, group_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

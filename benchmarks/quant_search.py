@@ -35,8 +35,8 @@ import onnxruntime as ort
 import torch
 from onnxruntime import quantization as ortq
 
-from compressor.data import Preprocess, load_dataset, make_splits
-from compressor.export import export_onnx
+from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.zoo import ZOO
 from compressor.quant import qdq as qdq_module
 from compressor.quant.latency import candidates, measure_interleaved, measure_isolated
 from compressor.quant.problem import QuantProblem, top1_onnx
@@ -50,7 +50,7 @@ from compressor.quant.tuner import (
     model_descriptors,
     search,
 )
-from compressor.zoo import ZOO
+from compressor.runtime.export import export_onnx
 
 DATA = Path("/work/shared/data")
 TEACHERS = {

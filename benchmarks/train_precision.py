@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from compressor.data import Preprocess, load_dataset, make_splits
+from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.train import _channels_last_pays, bf16_supported
+from compressor.core.zoo import ZOO
 from compressor.passes.base import Context
 from compressor.passes.prune import Prune, PruneConfig
-from compressor.train import _channels_last_pays, bf16_supported
-from compressor.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

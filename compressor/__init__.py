@@ -15,8 +15,8 @@ def compress(recipe: str | Path | dict[str, Any], out_dir: str | Path, *, resume
     ``overrides`` replace top-level recipe sections key by key, e.g. ``data={"path": "cifar.tar.gz"}``.
     Raises ``GateFailed`` (after writing artifacts and report) when a budget is missed.
     """
-    from .pipeline import Pipeline
-    from .recipe import parse_recipe, read_recipe_file
+    from compressor.pipeline.recipe import parse_recipe, read_recipe_file
+    from compressor.pipeline.runner import Pipeline
 
     data = dict(recipe) if isinstance(recipe, dict) else read_recipe_file(recipe)
     for key, value in overrides.items():

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import yaml
 
-from .errors import CompressorError
+from compressor.errors import CompressorError
 
 DEBUG = {"on": False}
 
@@ -31,7 +31,7 @@ def _parse_shape(value: str | None) -> list[int] | None:
 
 
 def _read_yaml(path: str | None) -> dict:
-    from .recipe import read_recipe_file
+    from compressor.pipeline.recipe import read_recipe_file
 
     return {} if path is None else read_recipe_file(path)
 
@@ -78,8 +78,8 @@ def _apply_overrides(data: dict, model, weights, data_path, input_shape, allow_p
 
 
 def _run_pipeline(data: dict, out: str, resume: bool, quiet: bool) -> None:
-    from .pipeline import Pipeline
-    from .recipe import parse_recipe
+    from compressor.pipeline.recipe import parse_recipe
+    from compressor.pipeline.runner import Pipeline
 
     report = Pipeline(parse_recipe(data), out, resume=resume, progress=not quiet).run()
     click.echo(Path(out, "report.md").read_text().split("\n\nDeployed")[0])
@@ -139,7 +139,7 @@ def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pi
 def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, out, resume,
              max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
     """Run one pass on a model (for CI pipelines that run passes one at a time)."""
-    from .passes import PASSES
+    from compressor.passes import PASSES
 
     if pass_name not in PASSES:
         raise CompressorError(f"unknown pass {pass_name!r}; `compressor passes` lists {', '.join(sorted(PASSES))}")
@@ -159,7 +159,7 @@ def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shap
 @cli.command()
 def passes():
     """List available passes and their parameters."""
-    from .passes import PASSES, config_fields
+    from compressor.passes import PASSES, config_fields
 
     for name in sorted(PASSES):
         cls = PASSES[name]
@@ -188,9 +188,9 @@ def passes():
 def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16, cuda_graph, model, input_shape, other,
           json_path):
     """Measure latency and throughput, printed as trtexec prints them."""
-    from .bench import BenchSettings, bench_onnx, format_summary, make_runner, measure, resolve_backend, summarize
-    from .models import load_user_model
-    from .report import write_atomic
+    from compressor.core.models import load_user_model
+    from compressor.pipeline.report import write_atomic
+    from compressor.runtime.bench import BenchSettings, bench_onnx, format_summary, make_runner, measure, resolve_backend, summarize
 
     shape = tuple(_parse_shape(input_shape))
     artifacts = [artifact] + ([other] if other else [])
@@ -240,10 +240,10 @@ def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16,
 @click.option("--max-size-mb", type=float)
 def check(report_path, max_accuracy_drop, min_speedup, max_size_mb):
     """Gate an existing report.json: exit 0 when every limit is met, 3 when one is missed."""
-    from .errors import GateFailed
-    from .gate import evaluate_gate
-    from .recipe import BudgetSection
-    from .report import read_report
+    from compressor.errors import GateFailed
+    from compressor.pipeline.gate import evaluate_gate
+    from compressor.pipeline.recipe import BudgetSection
+    from compressor.pipeline.report import read_report
 
     report = read_report(report_path)
     if max_accuracy_drop is None and min_speedup is None and max_size_mb is None:

@@ -23,21 +23,21 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_dataset():
-    from compressor.data import load_dataset
+    from compressor.core.data import load_dataset
 
     return load_dataset(DEMO_DATA)
 
 
 @pytest.fixture(scope="session")
 def demo_splits(demo_dataset):
-    from compressor.data import make_splits
+    from compressor.core.data import make_splits
 
     return make_splits(demo_dataset, seed=0, validation=500, calibration=500)
 
 
 @pytest.fixture()
 def teacher():
-    from compressor.zoo import ZOO
+    from compressor.core.zoo import ZOO
 
     model = ZOO["cifar_resnet20"]()
     model.load_state_dict(torch.load(DEMO_TEACHER, weights_only=True))

@@ -8,7 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from compressor.data import load_dataset, make_splits
+from compressor.core.data import load_dataset, make_splits
 from compressor.errors import CompressorError
 
 from .conftest import DEMO_DATA

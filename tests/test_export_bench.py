@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from compressor.bench import summarize
-from compressor.data import Preprocess
+from compressor.core.data import Preprocess
 from compressor.errors import CompressorError
-from compressor.export import check_parity, export_onnx
+from compressor.runtime.bench import summarize
+from compressor.runtime.export import check_parity, export_onnx
 
 
 def test_export_parity_on_real_test_images(tmp_path, teacher, demo_splits):
@@ -21,7 +21,7 @@ def test_export_parity_on_real_test_images(tmp_path, teacher, demo_splits):
     parity = check_parity(path, teacher, demo_splits.test, Preprocess())
     assert parity.images == 1500 and parity.top1_agreement == 100.0 and parity.max_abs_logit_diff < 1e-3
     # A reference that differs must make the check fail loudly.
-    from compressor.metrics import predict
+    from compressor.core.metrics import predict
 
     ref = predict(teacher, demo_splits.test, Preprocess())
     ref[:, 0] += 10.0

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.data import Preprocess, load_dataset
+from compressor.core.data import Preprocess, load_dataset
+from compressor.core.serialize import load_model, save_model
+from compressor.core.train import bf16_supported
+from compressor.core.zoo import ZOO
 from compressor.errors import CompressorError
-from compressor.fusion import TuneConvBN, fold_batchnorm, plan_folding, tune_mode
+from compressor.graph.fusion import TuneConvBN, fold_batchnorm, plan_folding, tune_mode
 from compressor.passes.base import PASSES
-from compressor.serialize import load_model, save_model
-from compressor.train import bf16_supported
-from compressor.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "demo" / "cifar10_resnet20.pt"
@@ -403,7 +403,7 @@ def test_fold_bn_pass_is_registered(teacher):
 def test_distill_bn_modes(teacher, demo_splits, bn):
     """``bn: frozen`` leaves every BN's running statistics untouched (and runs in Tune mode, which needs that);
     ``bn: train`` normalises with batch statistics and so moves them."""
-    from compressor.train import FinetuneConfig, distill
+    from compressor.core.train import FinetuneConfig, distill
 
     student = copy.deepcopy(teacher)
     before = {n: b.clone() for n, b in student.named_buffers() if n.endswith("running_mean")}
@@ -421,7 +421,7 @@ def test_distill_bn_modes(teacher, demo_splits, bn):
 def test_distill_bf16_trains_and_restores_layout(teacher, demo_splits):
     """bf16 autocast trains the student (finite losses, weights move) and leaves both models in their original
     contiguous layout, with the teacher's weights untouched."""
-    from compressor.train import FinetuneConfig, distill
+    from compressor.core.train import FinetuneConfig, distill
 
     student, reference = copy.deepcopy(teacher), copy.deepcopy(teacher)
     config = FinetuneConfig(steps=3, batch_size=16, bn="train", lr=0.01, precision="bf16")
@@ -436,8 +436,8 @@ def test_distill_bf16_trains_and_restores_layout(teacher, demo_splits):
 def test_distill_with_cached_teacher_logits_is_the_same_training(teacher, demo_splits):
     """Without augmentation, logits computed once by ``predict`` replace the per-step teacher forward pass:
     same losses and same trained weights; with augmentation the cache is refused (it would be wrong)."""
-    from compressor.metrics import predict
-    from compressor.train import FinetuneConfig, distill
+    from compressor.core.metrics import predict
+    from compressor.core.train import FinetuneConfig, distill
 
     data = demo_splits.finetune.subset(np.arange(96))
     config = FinetuneConfig(steps=4, batch_size=32, bn="train", lr=0.01, augment=False)
@@ -461,8 +461,8 @@ def test_distill_with_cached_teacher_logits_is_the_same_training(teacher, demo_s
 
 
 def test_precision_checked_before_work(monkeypatch):
-    from compressor import train
-    from compressor.n2n import N2NConfig
+    from compressor.core import train
+    from compressor.n2n.search import N2NConfig
     from compressor.passes.prune import PruneConfig
 
     with pytest.raises(CompressorError, match="precision must be 'fp32' or 'bf16'"):
@@ -477,8 +477,8 @@ def test_precision_checked_before_work(monkeypatch):
 
 def test_channels_last_only_for_aligned_widths(teacher):
     """oneDNN's channels-last bf16 kernels were measured slower on odd pruned widths, so those stay NCHW."""
-    from compressor.dependency import DependencyGraph
-    from compressor.train import _channels_last_pays
+    from compressor.core.train import _channels_last_pays
+    from compressor.graph.dependency import DependencyGraph
 
     assert _channels_last_pays(teacher)
     pruned = copy.deepcopy(teacher)

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor import kernels
+from compressor.core.zoo import ZOO
 from compressor.errors import CompressorError
-from compressor.zoo import ZOO
+from compressor.runtime import kernels
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo"
@@ -160,7 +160,7 @@ def test_missing_library_names_the_build_command(monkeypatch: pytest.MonkeyPatch
 
 
 def _fold_bn(model: nn.Module) -> nn.Module:
-    """Conv→BN folding by the zoo's naming (convK/bnK siblings); stands in until compressor.fusion lands."""
+    """Conv→BN folding by the zoo's naming (convK/bnK siblings); stands in until compressor.graph.fusion lands."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     model.eval()
@@ -175,7 +175,7 @@ def _fold_bn(model: nn.Module) -> nn.Module:
 
 def _folded(model: nn.Module) -> nn.Module:
     try:
-        from compressor.fusion import fold_batchnorm
+        from compressor.graph.fusion import fold_batchnorm
     except ImportError:
         return _fold_bn(model)
     folded = fold_batchnorm(model)
@@ -187,7 +187,7 @@ def _balanced(labels: np.ndarray, per_class: int, skip: int = 0) -> np.ndarray:
 
 
 def test_int8_model_resnet20_agrees_with_float(ops: Path) -> None:
-    from compressor.data import Preprocess, load_dataset
+    from compressor.core.data import Preprocess, load_dataset
 
     model = ZOO["cifar_resnet20"]()
     model.load_state_dict(torch.load(DEMO / "cifar10_resnet20.pt", map_location="cpu", weights_only=True))
@@ -230,7 +230,7 @@ def test_int8_model_mobilenetv2_random_weights(ops: Path) -> None:
 def test_gpu_backends_need_cuda() -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA present; the error path is for CPU-only machines")
-    from compressor.gpu_backends import make_torch_cuda_runner
+    from compressor.runtime.gpu_backends import make_torch_cuda_runner
 
     with pytest.raises(CompressorError, match="CUDA"):
         make_torch_cuda_runner(ZOO["cifar_resnet20"](), batch=1, fp16=True, cuda_graph=True)
@@ -244,7 +244,7 @@ def test_tensorrt_export_needs_tensorrt(tmp_path: Path) -> None:
         pass
     else:
         pytest.skip("tensorrt installed; the error path is for machines without it")
-    from compressor.export_tensorrt import build_engine
+    from compressor.runtime.tensorrt import build_engine
 
     with pytest.raises(CompressorError, match="tensorrt"):
         build_engine(tmp_path / "missing.onnx", tmp_path / "m.engine", precision="int8")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from compressor.core.models import load_user_model
+from compressor.core.zoo import ZOO
 from compressor.errors import CompressorError
-from compressor.models import load_user_model
-from compressor.zoo import ZOO
 
 from .conftest import DEMO_TEACHER
 
@@ -24,7 +24,7 @@ def test_zoo_names_build_and_resnet20_loads_teacher_unchanged(teacher):
 
 
 def test_callable_from_module_and_from_file(tmp_path):
-    assert isinstance(load_user_model("compressor.zoo:CifarMobileNetV2").model, nn.Module)
+    assert isinstance(load_user_model("compressor.core.zoo:CifarMobileNetV2").model, nn.Module)
     f = tmp_path / "mynet.py"
     f.write_text("import torch.nn as nn\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(3*32*32, 10))\n")
     loaded = load_user_model(f"{f}:build", input_shape=(3, 32, 32))

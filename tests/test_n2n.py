@@ -12,11 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.data import Preprocess
+from compressor.core.data import Preprocess
+from compressor.core.metrics import count_params
+from compressor.core.serialize import load_model, save_model
+from compressor.core.zoo import ZOO
 from compressor.errors import CompressorError
-from compressor.export import export_onnx, ort_session
-from compressor.metrics import count_params
-from compressor.n2n import (
+from compressor.graph.modules import ChannelPadShortcut
+from compressor.n2n.search import (
     STATE_DIM,
     Candidate,
     Measurement,
@@ -33,9 +35,8 @@ from compressor.n2n import (
     remove_units,
 )
 from compressor.passes import PASSES, Context
-from compressor.recipe import from_dict
-from compressor.serialize import load_model, save_model
-from compressor.zoo import ZOO, ChannelPadShortcut
+from compressor.pipeline.recipe import from_dict
+from compressor.runtime.export import export_onnx, ort_session
 
 INPUT = (3, 32, 32)
 

@@ -119,7 +119,7 @@ def test_bad_input_one_line_errors_and_no_partial_output(tmp_path, cli, monkeypa
     base = ["compress", "--model", "cifar_resnet20", "--data", DEMO_DATA]
     _assert_clean_failure(cli, tmp_path / "o1", base + ["--weights", tmp_path / "missing.pt"], "does not exist")
     pickled = tmp_path / "p.pt"
-    from compressor.zoo import ZOO
+    from compressor.core.zoo import ZOO
 
     torch.save(ZOO["cifar_resnet20"](), pickled)
     _assert_clean_failure(cli, tmp_path / "o2", ["compress", "--data", DEMO_DATA, "--weights", pickled], "--allow-pickle")
@@ -139,7 +139,7 @@ def test_bad_input_one_line_errors_and_no_partial_output(tmp_path, cli, monkeypa
     # Root may write anywhere (CI runs as root), so an unwritable folder is simulated at the permission check.
     ro = tmp_path / "ro"
     ro.mkdir()
-    monkeypatch.setattr("compressor.pipeline.os.access", lambda path, mode: Path(path) != ro)
+    monkeypatch.setattr("compressor.pipeline.runner.os.access", lambda path, mode: Path(path) != ro)
     _assert_clean_failure(cli, ro / "out", base + ["--weights", DEMO_TEACHER], "not writable")
 
 

@@ -11,15 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from compressor import lrp
-from compressor.criteria import CRITERIA, LRPCriterion, group_scores
-from compressor.data import Preprocess, load_dataset, make_splits
-from compressor.dependency import DependencyGraph
-from compressor.export import check_parity, export_onnx
-from compressor.metrics import count_macs, count_params, predict
+from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.metrics import count_macs, count_params, predict
+from compressor.core.zoo import ZOO
+from compressor.graph.dependency import DependencyGraph
+from compressor.graph.modules import Add, ChannelPadShortcut
 from compressor.passes.base import Context
 from compressor.passes.prune import Prune, PruneConfig, conv_widths, select
-from compressor.zoo import ZOO, Add, ChannelPadShortcut
+from compressor.pruning import lrp
+from compressor.pruning.criteria import CRITERIA, LRPCriterion, group_scores
+from compressor.runtime.export import check_parity, export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 32, 32)

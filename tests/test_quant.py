@@ -15,9 +15,9 @@ import torch
 from onnx import numpy_helper
 from onnxruntime import quantization as ortq
 
-from compressor.data import Preprocess, load_dataset, make_splits
+from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.zoo import ZOO
 from compressor.errors import CompressorError
-from compressor.export import export_onnx
 from compressor.passes.base import Context
 from compressor.passes.quantize import Quantize
 from compressor.quant import qdq as qdq_module
@@ -37,7 +37,7 @@ from compressor.quant.tuner import (
     load_db,
     search,
 )
-from compressor.zoo import ZOO
+from compressor.runtime.export import export_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATA = ROOT / "demo" / "cifar10-demo.tar.gz"
@@ -130,8 +130,8 @@ def test_option_a_shortcut_as_strided_conv_is_bit_identical(problem, splits, mon
 def test_shortcut_conv_after_pruning_with_uneven_padding(teacher, splits, tmp_path, monkeypatch):
     import copy
 
-    from compressor.dependency import DependencyGraph
-    from compressor.zoo import ChannelPadShortcut
+    from compressor.graph.dependency import DependencyGraph
+    from compressor.graph.modules import ChannelPadShortcut
 
     graph, rng = DependencyGraph(teacher, (3, 32, 32)), np.random.default_rng(0)
     pruned = copy.deepcopy(teacher)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from compressor.core.serialize import load_model, save_model
+from compressor.core.zoo import ZOO
 from compressor.errors import CompressorError
-from compressor.recipe import parse_recipe, read_recipe_file, to_dict
-from compressor.serialize import load_model, save_model
-from compressor.zoo import ZOO
+from compressor.pipeline.recipe import parse_recipe, read_recipe_file, to_dict
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name)

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from torch import nn
 
-from ..data import Preprocess, Split, Splits
-from ..metrics import predict, top1
+from compressor.core.data import Preprocess, Split, Splits
+from compressor.core.metrics import predict, top1
 
 
 @dataclass

@@ -7,8 +7,8 @@ from typing import ClassVar
 
 from torch import nn
 
-from ..fusion import fold_batchnorm_with_plan
-from .base import Context, PassResult, register_pass
+from compressor.graph.fusion import fold_batchnorm_with_plan
+from compressor.passes.base import Context, PassResult, register_pass
 
 
 @register_pass

@@ -6,8 +6,8 @@ from typing import ClassVar
 
 from torch import nn
 
-from ..n2n import N2NConfig, N2NSearch
-from .base import Context, PassResult, register_pass
+from compressor.n2n.search import N2NConfig, N2NSearch
+from compressor.passes.base import Context, PassResult, register_pass
 
 
 @register_pass

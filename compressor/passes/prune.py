@@ -1,8 +1,8 @@
 """The ``prune`` pass: structured filter pruning ranked by a criterion, after Yeom et al., "Pruning by
 Explaining" (Pattern Recognition 2021, arXiv 1912.08881).
 
-Which channels move together is asked of :class:`~compressor.dependency.DependencyGraph`; how important they
-are, of a criterion in :mod:`compressor.criteria` (LRP by default). This module only orchestrates: rank the
+Which channels move together is asked of :class:`~compressor.graph.dependency.DependencyGraph`; how important they
+are, of a criterion in :mod:`compressor.pruning.criteria` (LRP by default). This module only orchestrates: rank the
 groups (globally across layers, as the paper, or per layer), remove the least important ones physically, and
 optionally fine-tune with the project's KD loop between steps. The schedule is one-shot, or iterative with a
 step of a fraction of the *original* number of prunable filters (5 % in the paper), re-ranking every step.
@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..criteria import CRITERIA, LRPCriterion, RandomCriterion, group_scores
-from ..data import Preprocess, Split
-from ..dependency import DependencyGraph, Group
-from ..errors import CompressorError
-from ..metrics import count_macs, count_params
-from ..train import FinetuneConfig, check_bn_modes, check_precision, distill
-from .base import Context, PassResult, register_pass
+from compressor.core.data import Preprocess, Split
+from compressor.core.metrics import count_macs, count_params
+from compressor.core.train import FinetuneConfig, check_bn_modes, check_precision, distill
+from compressor.errors import CompressorError
+from compressor.graph.dependency import DependencyGraph, Group
+from compressor.passes.base import Context, PassResult, register_pass
+from compressor.pruning.criteria import CRITERIA, LRPCriterion, RandomCriterion, group_scores
 
 
 @dataclass
@@ -45,9 +45,9 @@ class PruneConfig:
       labels, no gradients; "adaptive BN" of Li et al., EagleEye, ECCV 2020).
     * compensate: replace each removed channel by its reference-set mean, folded into the consumers' biases
       (Evci et al., "Mean Replacement Pruning", 2018); off by default because it gives bias-free convs a bias.
-    * lrp_abs, lrp_normalize, lrp_residual: see :class:`~compressor.criteria.LRPCriterion`.
+    * lrp_abs, lrp_normalize, lrp_residual: see :class:`~compressor.pruning.criteria.LRPCriterion`.
     * finetune_steps (after every step), final_finetune_steps (at the end) and the remaining fields configure
-      :func:`compressor.train.distill` (KD from the teacher + cross-entropy); final_lr (default: lr) is the final
+      :func:`compressor.core.train.distill` (KD from the teacher + cross-entropy); final_lr (default: lr) is the final
       fine-tune's peak rate, higher than the per-step one to retrain rather than only recover ("learning-rate
       rewinding", Renda et al., ICLR 2020, found retraining at the original large rates beats fine-tuning at
       small ones). bn: "frozen" (running statistics,

@@ -16,14 +16,14 @@ from typing import ClassVar
 import onnx
 from torch import nn
 
-from ..errors import CompressorError
-from ..export import export_onnx
-from ..files import atomic_path
-from ..quant.latency import candidates, deployment, measure_isolated, speed_check
-from ..quant.problem import QuantProblem, top1_onnx
-from ..quant.qdq_rules import check_tensorrt
-from ..quant.space import TARGETS
-from ..quant.tuner import (
+from compressor.core.files import atomic_path
+from compressor.errors import CompressorError
+from compressor.passes.base import Context, PassResult, register_pass
+from compressor.quant.latency import candidates, deployment, measure_isolated, speed_check
+from compressor.quant.problem import QuantProblem, top1_onnx
+from compressor.quant.qdq_rules import check_tensorrt
+from compressor.quant.space import TARGETS
+from compressor.quant.tuner import (
     DEFAULT_DB,
     Budget,
     GeneticSearch,
@@ -35,7 +35,7 @@ from ..quant.tuner import (
     model_descriptors,
     search,
 )
-from .base import Context, PassResult, register_pass
+from compressor.runtime.export import export_onnx
 
 STRATEGIES = ("xgboost", "random", "ga", "grid")
 

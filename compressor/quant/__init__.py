@@ -6,13 +6,13 @@ table per calibration size, ranges derived per clipping) → ``qdq`` (QDQ emissi
 ``qdq_rules.check_tensorrt`` checks TensorRT's QDQ requirements; ``latency`` measures INT8 against FP32.
 """
 
-from .calibrate import Calibrator, StatsTable
-from .latency import Latency, measure_interleaved, measure_isolated, speed_check
-from .problem import QuantProblem
-from .qdq import quantize
-from .qdq_rules import check_tensorrt
-from .space import QuantConfig, config_space
-from .tuner import Budget, GeneticSearch, GridSearch, RandomSearch, XGBoostTuner, load_db, search
+from compressor.quant.calibrate import Calibrator, StatsTable
+from compressor.quant.latency import Latency, measure_interleaved, measure_isolated, speed_check
+from compressor.quant.problem import QuantProblem
+from compressor.quant.qdq import quantize
+from compressor.quant.qdq_rules import check_tensorrt
+from compressor.quant.space import QuantConfig, config_space
+from compressor.quant.tuner import Budget, GeneticSearch, GridSearch, RandomSearch, XGBoostTuner, load_db, search
 
 __all__ = [
     "Budget", "Calibrator", "GeneticSearch", "GridSearch", "Latency", "QuantConfig", "QuantProblem", "RandomSearch",

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..data import Preprocess, Split
+from compressor.core.data import Preprocess, Split
 
 BINS = 2048  # signed histogram bins over [-R, R]; divisible by 4 so range doubling merges bins exactly
 BATCH = 50

@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..bench import BenchSettings, measure_onnx_isolated
-from ..sessions import ort_session
+from compressor.runtime.bench import BenchSettings, measure_onnx_isolated
+from compressor.runtime.sessions import ort_session
 
 
 @dataclass

@@ -11,13 +11,13 @@ import dataclasses
 
 import onnx
 
-from ..data import Preprocess, Split
-from ..export import ort_predict, ort_session
-from ..metrics import top1
-from .calibrate import Calibrator
-from .qdq import prepare_float, quantize
-from .sensitivity import layer_sensitivity, most_sensitive
-from .space import QuantConfig, config_space
+from compressor.core.data import Preprocess, Split
+from compressor.core.metrics import top1
+from compressor.quant.calibrate import Calibrator
+from compressor.quant.qdq import prepare_float, quantize
+from compressor.quant.sensitivity import layer_sensitivity, most_sensitive
+from compressor.quant.space import QuantConfig, config_space
+from compressor.runtime.export import ort_predict, ort_session
 
 
 class QuantProblem:

@@ -30,7 +30,7 @@ from onnxruntime.quantization.quant_utils import save_and_reload_model_with_shap
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from .space import QuantConfig
+from compressor.quant.space import QuantConfig
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 TENSORRT_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .calibrate import intermediate_session, run_intermediates
+from compressor.quant.calibrate import intermediate_session, run_intermediates
 
 
 def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:

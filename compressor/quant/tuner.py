@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 from torch import nn
 
-from .space import KNOBS, QuantConfig
+from compressor.quant.space import KNOBS, QuantConfig
 
-DEFAULT_DB = Path(__file__).resolve().parent.parent / "data" / "quantune_db.json"
+DEFAULT_DB = Path(__file__).resolve().parent / "quantune_db.json"
 DESCRIPTORS = ("nodes", "conv", "bn", "act", "skip", "depthwise", "pointwise", "size_mb")
 XGB_PARAMS = {"objective": "reg:squarederror", "eta": 0.15, "gamma": 3.0, "max_depth": 6, "nthread": 1}
 XGB_ROUNDS = 200

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CompressorError
-from .files import atomic_path
+from compressor.core.files import atomic_path
+from compressor.errors import CompressorError
 
 
 @dataclass
@@ -77,7 +77,7 @@ def versions() -> dict[str, str]:
     import onnxruntime
     import torch
 
-    from . import __version__
+    from compressor import __version__
 
     return {
         "compressor": __version__, "python": platform.python_version(), "torch": torch.__version__,

@@ -9,7 +9,7 @@ REINFORCE search over a policy that reads one state vector per layer:
    option-A ``ChannelPadShortcut``), and in a plain ``nn.Sequential`` a shape-preserving convolution is
    removed together with its BatchNorm and activation. Every other layer is fixed.
 2. *Shrinkage*: an autoregressive LSTM picks an output-width scale per remaining layer. Channels are kept by
-   importance (``compressor.criteria``) and coupled channels move together (``compressor.dependency``).
+   importance (``compressor.pruning.criteria``) and coupled channels move together (``compressor.graph.dependency``).
 
 Each sampled student inherits the teacher's weights, is distilled briefly and is scored on the validation split
 with R = C(2 − C)·A_s/A_t, C = 1 − P_s/P_t. The stages are joined by plain data: a ``LayerTable`` describes a
@@ -36,15 +36,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Preprocess, Split
-from .errors import CompressorError
-from .metrics import count_macs, count_params, predict
-from .serialize import atomic_torch_save
-from .train import FinetuneConfig, check_bn_modes, check_precision, distill
-from .zoo import Add
+from compressor.core.data import Preprocess, Split
+from compressor.core.metrics import count_macs, count_params, predict
+from compressor.core.serialize import atomic_torch_save
+from compressor.core.train import FinetuneConfig, check_bn_modes, check_precision, distill
+from compressor.errors import CompressorError
+from compressor.graph.modules import Add
 
 if TYPE_CHECKING:
-    from .passes.base import Context
+    from compressor.passes.base import Context
 
 LAYER_TYPES = ("conv", "dwconv", "linear")
 STATE_DIM = len(LAYER_TYPES) + 6
@@ -250,8 +250,8 @@ def shrink_layers(model: nn.Module, scales: dict[str, float], input_shape: tuple
     convs (missing names count as 1.0) and is left whole if any source is ``fixed``. Within a layer the groups
     with the lowest L1 filter norm go, so weights are inherited by importance, never by truncation.
     """
-    from .criteria import L1Criterion, group_scores
-    from .dependency import DependencyGraph
+    from compressor.graph.dependency import DependencyGraph
+    from compressor.pruning.criteria import L1Criterion, group_scores
 
     graph = DependencyGraph(model, input_shape)
     groups = graph.groups()
@@ -486,7 +486,7 @@ class N2NConfig:
     final_lr 0.001: at 0.01 a ResNet-56 student with removed blocks diverged within five steps). bn / final_bn:
     BatchNorm during the students' and the final fine-tune, "frozen" (running statistics) or "train" (batch
     statistics, which re-fits the statistics a removed block leaves stale and takes rates around 0.01).
-    precision: "fp32" or "bf16" for every student and the final fine-tune (see compressor.train).
+    precision: "fp32" or "bf16" for every student and the final fine-tune (see compressor.core.train).
     student_augment: false trains the students on the unaugmented subset, so the teacher's logits for it are
     computed once and reused by every student instead of a teacher forward pass per step (our speed-up, not
     the paper's; the final fine-tune still augments).

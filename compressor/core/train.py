@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Preprocess, Split
-from .errors import CompressorError
+from compressor.core.data import Preprocess, Split
+from compressor.errors import CompressorError
 
 BN_MODES = ("frozen", "train")
 PRECISIONS = ("fp32", "bf16")
@@ -135,14 +135,14 @@ def distill(
     """Train ``student`` in place on ``data`` for ``config.steps`` steps; returns the loss per step.
 
     ``cached_logits`` (the teacher's float32 logits for every image of ``data``, e.g. from
-    :func:`compressor.metrics.predict`) replaces the teacher's forward pass, which is only exact without
+    :func:`compressor.core.metrics.predict`) replaces the teacher's forward pass, which is only exact without
     augmentation, so it requires ``config.augment`` to be off.
     """
     if config.steps <= 0:
         return []
     if cached_logits is not None and (config.augment or len(cached_logits) != len(data)):
         raise ValueError("cached teacher logits need augment off and one row per image of the data")
-    from .fusion import tune_mode
+    from compressor.graph.fusion import tune_mode
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .errors import CompressorError
+from compressor.errors import CompressorError
 
 EXPORTS = ("onnx", "onnx_int8", "tensorrt")
 
@@ -127,7 +127,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
 
 
 def parse_passes(items: Any) -> list[PassSpec]:
-    from .passes import PASSES
+    from compressor.passes import PASSES
 
     if items is None:
         return []

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dependency import trace
-from .fusion import folded_weight_bias, plan_folding
-from .zoo import Add
+from compressor.graph.trace import trace
+from compressor.graph.fusion import folded_weight_bias, plan_folding
+from compressor.graph.modules import Add
 
 Tensor = torch.Tensor
 
@@ -190,7 +190,7 @@ class _Hook:
 class MergeBatchNorm(contextlib.AbstractContextManager):
     """Canonizer: fold each conv → BN pair into the conv and make the BN an identity; undone on exit.
 
-    Uses the project's single folding rule (:func:`compressor.fusion.folded_weight_bias`, You et al. 2024);
+    Uses the project's single folding rule (:func:`compressor.graph.fusion.folded_weight_bias`, You et al. 2024);
     the BN keeps its place but computes x (γ=1, β=0, μ=0, σ²=1, ε=0), as zennit's MergeBatchNorm does.
     """
 
@@ -264,7 +264,7 @@ def yeom_composite(
 
 def _first_conv(model: nn.Module) -> str | None:
     """The Conv2d that reads the network input (the zB rule needs the input box)."""
-    gm = trace(model)
+    gm = trace(model, "compute LRP relevance of")
     inputs = {n for n in gm.graph.nodes if n.op == "placeholder"}
     for node in gm.graph.nodes:
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Conv2d):

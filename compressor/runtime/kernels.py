@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .errors import CompressorError
-from .zoo import Add, ChannelPadShortcut
+from compressor.errors import CompressorError
+from compressor.graph.modules import Add, ChannelPadShortcut
+from compressor.graph.trace import trace
 
 LIB_NAME = "libcompressor_torch_ops.so"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -146,13 +147,6 @@ class QConv(nn.Module):
         return f"{kind}, act={self.activation}, in_scale={self.in_scale:.4g}, out_scale={self.out_scale}"
 
 
-class _Tracer(fx.Tracer):
-    """Keeps the zoo's residual join and option-A shortcut as single nodes the lowering can recognise."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (Add, ChannelPadShortcut)) or super().is_leaf_module(m, qualname)
-
-
 def _lowerable(conv: nn.Module) -> bool:
     if not isinstance(conv, nn.Conv2d) or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
         return False
@@ -234,7 +228,7 @@ def build_int8_model(model: nn.Module, act_scales: dict[str, float], input_shape
     modules = dict(model.named_modules())
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules.values()):
         raise CompressorError("Int8Model needs BatchNorm folded into the convolutions first (fold_batchnorm)")
-    graph = _Tracer().trace(model)
+    graph = trace(model, "lower to INT8 kernels").graph
     for node in list(graph.nodes):
         # Identities (folded BatchNorms, identity shortcuts) would hide conv→add→ReLU chains from fusion.
         if node.op == "call_module" and isinstance(modules[node.target], nn.Identity):

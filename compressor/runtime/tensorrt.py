@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import CompressorError
-from .files import atomic_path
+from compressor.core.files import atomic_path
+from compressor.errors import CompressorError
 
 PRECISIONS = ("int8", "fp16", "fp32")
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
@@ -36,7 +36,7 @@ def _import_tensorrt():
 def qdq_violations(model: onnx.ModelProto) -> list[str]:
     """TensorRT Q/DQ rule violations by node name, from ``compressor.quant.qdq_rules.check_tensorrt``."""
     try:
-        from .quant.qdq_rules import check_tensorrt
+        from compressor.quant.qdq_rules import check_tensorrt
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}.quant.qdq_rules":
             raise

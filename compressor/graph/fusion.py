@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .errors import CompressorError
+from compressor.errors import CompressorError
+from compressor.graph.trace import trace
 
 # Exact types, not isinstance: a subclass (fake-quant wrapper, parametrized conv) may compute something else in
 # its forward, and folding into its weight would then change the model.
@@ -58,18 +59,6 @@ class FoldPlan:
         return [f"{path}: {reason}" for path, reason in self.left_unfolded.items()]
 
 
-def _trace(model: nn.Module) -> fx.Graph:
-    try:
-        return fx.Tracer().trace(model)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CompressorError(
-            f"cannot fold BatchNorm in {type(model).__name__}: torch.fx could not trace its forward "
-            f"({type(exc).__name__}: {first}); make the forward traceable (no control flow on tensor values, "
-            "no untraceable calls) or fold the BatchNorms by hand"
-        ) from exc
-
-
 def _out_channels(producer: nn.Module) -> int:
     return producer.out_features if isinstance(producer, nn.Linear) else producer.out_channels
 
@@ -82,7 +71,7 @@ def plan_folding(model: nn.Module) -> FoldPlan:
     channel counts match. Linear → BatchNorm1d assumes (N, C) inputs, the usual classifier-head layout.
     Raises :class:`CompressorError` when the model cannot be traced by torch.fx.
     """
-    graph = _trace(model)
+    graph = trace(model, "fold BatchNorm in").graph
     # A module registered under two names is called through either; rewriting one path would miss the other.
     paths: dict[int, list[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):

@@ -1,5 +1,5 @@
 """ONNX Runtime CPU sessions, in a module that imports only onnxruntime so that the benchmark's child processes
-(``python -m compressor.bench --child``) start without torch."""
+(``python -m compressor.runtime.bench --child``) start without torch."""
 
 from __future__ import annotations
 

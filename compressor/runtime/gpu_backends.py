@@ -2,7 +2,7 @@
 
 Each runner is a zero-argument function that runs one synchronous inference on a fixed random batch and returns
 the elapsed GPU milliseconds measured with CUDA events, the contract shared with
-``compressor.kernels.make_torch_int8_runner``. CUDA graphs follow the PyTorch "CUDA Graphs" capture recipe
+``compressor.runtime.kernels.make_torch_int8_runner``. CUDA graphs follow the PyTorch "CUDA Graphs" capture recipe
 (warm up on a side stream, capture once, replay with static input/output buffers).
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .errors import CompressorError
+from compressor.errors import CompressorError
 
 
 def require_cuda() -> torch.device:
@@ -75,7 +75,7 @@ def make_tensorrt_runner(engine_path: str, batch: int, input_shape: tuple[int, .
     set_tensor_address, execute_async_v3); TensorRT cannot be installed on our development machines, so this
     path has not been executed here.
     """
-    from .export_tensorrt import _import_tensorrt
+    from compressor.runtime.tensorrt import _import_tensorrt
 
     trt = _import_tensorrt()
     device = require_cuda()

@@ -6,7 +6,7 @@ trtexec reports "Throughput: N qps" (queries = batched inferences per second of 
 ``--vs`` measures two artifacts interleaved (A, B, A, B, …) so both see the same machine state.
 
 ONNX Runtime artifacts are timed in fresh processes that hold one session each (this module imports torch only
-when a torch backend is asked for, so ``python -m compressor.bench --child`` stays light): on a 2-core host an
+when a torch backend is asked for, so ``python -m compressor.runtime.bench --child`` stays light): on a 2-core host an
 idle session's thread pool in the same process slows the session being timed, which made INT8 read 1.85-1.98x
 FP32 interleaved in one process where it runs 2.1-2.6x alone (BENCHMARKS.md). Several artifacts alternate
 window by window, A, B, A, B, ...; the quantize pass's INT8-faster check uses the same children.
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import CompressorError
+from compressor.errors import CompressorError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -86,7 +86,7 @@ def measure(runners: list[Runner], settings: BenchSettings) -> list[tuple[list[f
 
 def onnx_runner(path: str | Path, batch: int, threads: int, inputs: np.ndarray | None = None) -> Runner:
     """``inputs``: images to feed (repeated up to ``batch``); random normal values of the model's shape if None."""
-    from .sessions import ort_session
+    from compressor.runtime.sessions import ort_session
 
     sess = ort_session(path, threads)
     inp = sess.get_inputs()[0]
@@ -152,22 +152,22 @@ def make_runner(artifact: str, backend: str, batch: int, threads: int,
     if backend == "onnxruntime-cpu":
         return onnx_runner(artifact, batch, threads)
     if backend == "tensorrt":
-        from .gpu_backends import make_tensorrt_runner
+        from compressor.runtime.gpu_backends import make_tensorrt_runner
 
         return make_tensorrt_runner(artifact, batch)
     model, shape = model_loader(artifact)
     if backend == "torch-cpu":
         return torch_runner(model, batch, threads, shape)
     if backend == "torch-cuda":
-        from .gpu_backends import make_torch_cuda_runner
+        from compressor.runtime.gpu_backends import make_torch_cuda_runner
 
         return make_torch_cuda_runner(model, batch, fp16, cuda_graph, shape)
     # torch-int8: our fused INT8 kernels (CUDA when present, CPU twins otherwise). Scales are calibrated on
     # random inputs: they set values, not speed, so this measures latency only, never accuracy.
     import torch
 
-    from .fusion import fold_batchnorm
-    from .kernels import build_int8_model, calibrate_input_scales, load_ops, make_torch_int8_runner
+    from compressor.graph.fusion import fold_batchnorm
+    from compressor.runtime.kernels import build_int8_model, calibrate_input_scales, load_ops, make_torch_int8_runner
 
     load_ops()
     torch.set_num_threads(threads)
@@ -195,7 +195,7 @@ def measure_onnx_isolated(paths: list[str | Path], batches: list[int], settings:
     bar = tqdm(total=windows * len(paths), desc="latency", disable=not progress, leave=False)
     for _ in range(windows):
         for i, path in enumerate(paths):
-            cmd = [sys.executable, "-m", "compressor.bench", "--child", str(path), "--batches",
+            cmd = [sys.executable, "-m", "compressor.runtime.bench", "--child", str(path), "--batches",
                    ",".join(map(str, batches)), "--settings", json.dumps(asdict(child))]
             if inputs is not None:
                 cmd += ["--inputs", str(inputs)]

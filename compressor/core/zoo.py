@@ -12,34 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-class Add(nn.Module):
-    """Element-wise sum of two tensors (a residual join), a module so rules and hooks can attach to it."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a + b
-
-
-class ChannelPadShortcut(nn.Module):
-    """Option-A shortcut: subsample space by ``stride`` and zero-pad channels, ``left`` before and ``right`` after.
-
-    Pruning may make the padding asymmetric; the kept input channels always stay contiguous between the pads.
-    """
-
-    def __init__(self, stride: int, left: int, right: int):
-        super().__init__()
-        self.stride, self.left, self.right = stride, left, right
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.left, self.right))
-
-    def extra_repr(self) -> str:
-        return f"stride={self.stride}, left={self.left}, right={self.right}"
+from compressor.graph.modules import Add, ChannelPadShortcut
 
 
 class BasicBlock(nn.Module):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import Preprocess, Split
+from compressor.core.data import Preprocess, Split
 
 
 def count_params(model: nn.Module) -> int:

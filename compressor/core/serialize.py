@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CompressorError
-from .files import atomic_path
+from compressor.core.files import atomic_path
+from compressor.errors import CompressorError
 
 FORMAT = "compressor-model/1"
 DEFAULT_ALLOWED = ("torch.nn.", "compressor.")

@@ -4,7 +4,7 @@ This module is the one owner of the structural-pruning invariant (the design fol
 of Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023): every other part of the project asks a
 :class:`DependencyGraph` which channels are coupled instead of re-deriving it.
 
-The model is traced with torch.fx (``Add`` and ``ChannelPadShortcut`` of :mod:`compressor.zoo` stay leaf
+The model is traced with torch.fx (``Add`` and ``ChannelPadShortcut`` of :mod:`compressor.core.zoo` stay leaf
 modules) and every channel of every traced tensor becomes a *slot* ``(node, channel)``. A union-find joins slots
 that must disappear together:
 
@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import CompressorError
-from .zoo import Add, ChannelPadShortcut
+from compressor.errors import CompressorError
+from compressor.graph.modules import Add, ChannelPadShortcut
+from compressor.graph.trace import trace
 
 Member = tuple[str, int]
 """(module path, channel index) of one channel of one module."""
@@ -50,24 +51,6 @@ _KEEP_FUNCTIONS = {
 _KEEP_METHODS = {"relu", "relu_", "contiguous", "clone", "tanh"}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _FLATTEN_METHODS = {"flatten", "view", "reshape", "squeeze"}
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, (Add, ChannelPadShortcut)) or super().is_leaf_module(m, module_qualified_name)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """torch.fx trace with ``Add`` and ``ChannelPadShortcut`` kept as leaves; CompressorError if untraceable."""
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise CompressorError(
-            f"cannot analyse channels of {type(model).__name__}: torch.fx could not trace its forward "
-            f"({type(exc).__name__}: {first}); make the forward traceable (no control flow on tensor values)"
-        ) from exc
-    return fx.GraphModule(model, graph)
 
 
 @dataclass(frozen=True)
@@ -130,7 +113,7 @@ class DependencyGraph:
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
         self.model = model
         self.input_shape = tuple(input_shape)
-        gm = trace(model)
+        gm = trace(model, "analyse the channels of")
         modes = {m: m.training for m in model.modules()}
         model.eval()
         try:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .recipe import BudgetSection
-from .report import GateResult, Report
+from compressor.pipeline.recipe import BudgetSection
+from compressor.pipeline.report import GateResult, Report
 
 
 def evaluate_gate(report: Report, budget: BudgetSection) -> list[GateResult]:

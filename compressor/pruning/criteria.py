@@ -2,7 +2,7 @@
 
 Each criterion maps (model, reference images, preprocessing) to a score per output channel of every Conv2d
 (higher = more important). :func:`group_scores` turns them into one score per coupled channel group of a
-:class:`~compressor.dependency.DependencyGraph`: the mean over the group's source convs, so a residual-stream
+:class:`~compressor.graph.dependency.DependencyGraph`: the mean over the group's source convs, so a residual-stream
 channel that ten convolutions write is judged by its average importance in those layers.
 """
 
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lrp
-from .data import Preprocess, Split
-from .dependency import Group
+from compressor.core.data import Preprocess, Split
+from compressor.graph.dependency import Group
+from compressor.pruning import lrp
 
 
 def _convs(model: nn.Module) -> dict[str, nn.Conv2d]:
@@ -29,12 +29,12 @@ def _convs(model: nn.Module) -> dict[str, nn.Conv2d]:
 class LRPCriterion:
     """Relevance of each filter (Yeom et al., "Pruning by Explaining", Pattern Recognition 2021).
 
-    LRP from the one-hot true label with the rules of :func:`compressor.lrp.yeom_composite`; score = relevance at
+    LRP from the one-hot true label with the rules of :func:`compressor.pruning.lrp.yeom_composite`; score = relevance at
     the filter's output summed over reference samples and positions. ``abs``: 'elementwise' (Σ|R|, the
     paper's ResNet code, default), 'per_sample' (Σ_n|Σ_hw R|, the PXP re-implementation) or 'none' (signed Σ R,
     the paper's VGG code). ``normalize`` divides every layer's scores by the layer total (off by default, as in
     the ResNet code: relevance is conserved across layers, so raw scores are already comparable). ``residual``:
-    rule at residual additions, 'proportional' (the paper) or 'gradient' (see :func:`~compressor.lrp.yeom_composite`).
+    rule at residual additions, 'proportional' (the paper) or 'gradient' (see :func:`~compressor.pruning.lrp.yeom_composite`).
     """
 
     abs: str = "elementwise"

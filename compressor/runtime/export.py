@@ -12,11 +12,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from .data import Preprocess, Split
-from .errors import CompressorError
-from .files import atomic_path
-from .metrics import predict
-from .sessions import ort_session
+from compressor.core.data import Preprocess, Split
+from compressor.core.files import atomic_path
+from compressor.core.metrics import predict
+from compressor.errors import CompressorError
+from compressor.runtime.sessions import ort_session
 
 OPSET = 17
 

@@ -19,17 +19,17 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from .bench import BenchSettings, bench_onnx
-from .data import Preprocess, load_dataset, make_splits
-from .errors import CompressorError, GateFailed
-from .export import check_parity, export_onnx, ort_predict, ort_session
-from .gate import evaluate_gate
-from .metrics import agreement, count_macs, count_params, predict, top1
-from .models import load_user_model
-from .passes import PASSES, Context
-from .recipe import Recipe, to_dict
-from .report import Report, StageRecord, versions, write_report
-from .serialize import load_model, save_model
+from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.metrics import agreement, count_macs, count_params, predict, top1
+from compressor.core.models import load_user_model
+from compressor.core.serialize import load_model, save_model
+from compressor.errors import CompressorError, GateFailed
+from compressor.passes import PASSES, Context
+from compressor.pipeline.gate import evaluate_gate
+from compressor.pipeline.recipe import Recipe, to_dict
+from compressor.pipeline.report import Report, StageRecord, versions, write_report
+from compressor.runtime.bench import BenchSettings, bench_onnx
+from compressor.runtime.export import check_parity, export_onnx, ort_predict, ort_session
 
 
 def prepare_out_dir(out_dir: Path) -> None:
@@ -63,7 +63,7 @@ class Pipeline:
         if "onnx_int8" in r.export and not any(p.name == "quantize" for p in r.passes):
             raise CompressorError("export onnx_int8 needs a quantize pass in the recipe's passes")
         if "tensorrt" in r.export:
-            from .export_tensorrt import _import_tensorrt
+            from compressor.runtime.tensorrt import _import_tensorrt
 
             _import_tensorrt()  # fail before any work when TensorRT is absent
         if r.budget.min_speedup is not None and not r.bench.enabled:
@@ -184,7 +184,7 @@ class Pipeline:
             if q.details.get("deploy", "int8") == "int8":
                 deployed = int8_path
         if "tensorrt" in r.export:
-            from .export_tensorrt import build_engine
+            from compressor.runtime.tensorrt import build_engine
 
             precision = "int8" if deployed.name == "model_int8.onnx" else "fp16"
             engine = build_engine(deployed, self.out_dir / "model.engine", precision=precision)

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CompressorError
-from .serialize import DEFAULT_ALLOWED, FORMAT, load_model
-from .zoo import ZOO
+from compressor.core.serialize import DEFAULT_ALLOWED, FORMAT, load_model
+from compressor.core.zoo import ZOO
+from compressor.errors import CompressorError
 
 
 @dataclass

@@ -21,8 +21,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .errors import CompressorError
-from .files import atomic_path
+from compressor.core.files import atomic_path
+from compressor.errors import CompressorError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 TEST_NAMES = ("test", "val")
