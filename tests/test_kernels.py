@@ -251,7 +251,7 @@ def test_tensorrt_export_needs_tensorrt(tmp_path: Path) -> None:
 
 
 def test_cuda_sources_compile_when_nvcc_exists(build_dir: Path) -> None:
-    """No GPU here, but the CUDA kernels and their GPU test must at least compile and link for sm_80/sm_90."""
+    """No GPU here, but the CUDA kernels, their GPU test and benchmark must at least compile and link for sm_80/sm_90."""
     if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists():
         pytest.skip("nvcc is not installed")
     cache = (build_dir / "CMakeCache.txt").read_text()
@@ -260,3 +260,4 @@ def test_cuda_sources_compile_when_nvcc_exists(build_dir: Path) -> None:
     built = {p.name for p in build_dir.rglob("*") if p.is_file()}
     assert any("compressor_kernels_cuda" in n for n in built), sorted(built)[:20]
     assert "test_kernels_cuda" in built
+    assert "bench_kernels_cuda" in built

@@ -75,34 +75,56 @@ def make_tensorrt_runner(engine_path: str, batch: int, input_shape: tuple[int, .
     set_tensor_address, execute_async_v3); TensorRT cannot be installed on our development machines, so this
     path has not been executed here.
     """
-    from compressor.runtime.tensorrt import _import_tensorrt
+    return TensorRTRunner(engine_path, batch, input_shape)
 
-    trt = _import_tensorrt()
-    device = require_cuda()
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(open(engine_path, "rb").read())
-    if engine is None:
-        raise CompressorError(f"{engine_path} is not a TensorRT engine for this TensorRT version and GPU")
-    context = engine.create_execution_context()
-    buffers = {}
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            context.set_input_shape(name, (batch, *input_shape))
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        shape = tuple(context.get_tensor_shape(name))
-        dtype = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int8: torch.int8}[engine.get_tensor_dtype(name)]
-        buffers[name] = torch.randn(shape, device=device).to(dtype)
-        context.set_tensor_address(name, buffers[name].data_ptr())
-    stream = torch.cuda.Stream()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
-    def run() -> float:
-        start.record(stream)
-        context.execute_async_v3(stream.cuda_stream)
-        end.record(stream)
-        end.synchronize()
-        return start.elapsed_time(end)
+class TensorRTRunner:
+    """A TensorRT engine, its execution context and the I/O buffers whose addresses the context was given.
 
-    return run
+    TensorRT keeps raw device pointers (set_tensor_address), not references, so the buffers must live as long as
+    the context: otherwise torch's caching allocator can hand their memory to other tensors while TensorRT still
+    reads and writes it. This object holds runtime, engine, context, buffers and stream together; calling it runs one
+    synchronous inference and returns the GPU milliseconds (the runner contract above). Every TensorRT call that
+    reports failure by returning False raises CompressorError.
+    """
+
+    def __init__(self, engine_path: str, batch: int, input_shape: tuple[int, ...] = (3, 32, 32)):
+        from compressor.runtime.tensorrt import _import_tensorrt
+
+        trt = _import_tensorrt()
+        device = require_cuda()
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        with open(engine_path, "rb") as f:
+            self.engine = self.runtime.deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise CompressorError(f"{engine_path} is not a TensorRT engine for this TensorRT version and GPU")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        for name in names:
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                shape = (batch, *input_shape)
+                if not self.context.set_input_shape(name, shape):
+                    raise CompressorError(
+                        f"TensorRT rejected input shape {shape} for '{name}' of {engine_path}; build the engine with "
+                        "an optimization profile that covers this batch size"
+                    )
+        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int8: torch.int8}
+        self.buffers: dict[str, torch.Tensor] = {}
+        for name in names:
+            trt_dtype = self.engine.get_tensor_dtype(name)
+            if trt_dtype not in dtypes:
+                raise CompressorError(f"TensorRT tensor '{name}' of {engine_path} has unsupported dtype {trt_dtype}")
+            shape = tuple(self.context.get_tensor_shape(name))
+            self.buffers[name] = torch.randn(shape, device=device).to(dtypes[trt_dtype])
+            if not self.context.set_tensor_address(name, self.buffers[name].data_ptr()):
+                raise CompressorError(f"TensorRT rejected the buffer address of '{name}' (shape {shape}) of {engine_path}")
+        self.stream = torch.cuda.Stream()
+        self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def __call__(self) -> float:
+        self.start.record(self.stream)
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise CompressorError("TensorRT execute_async_v3 failed; see the TensorRT log above for the reason")
+        self.end.record(self.stream)
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end)

@@ -1,5 +1,6 @@
 // CPU twins against an independent float64 reference: exact integer accumulation, epilogue within float rounding,
-// saturation at -128/127, odd channel counts, stride 2 and padding. Exit code 0 on success (ctest).
+// saturation at -128/127, odd channel counts, stride 2 and padding, and exact round-half-to-even on the tie cases
+// (values landing on 0.5, 2.5, -0.5, 127.5, -128.5 and other x.5 before rounding). Exit code 0 on success (ctest).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -75,7 +76,8 @@ int check_case(const Case& c, uint32_t seed) {
   const ck::Epilogue e = ck_test::make_epilogue(c, d, d.scale.data(), d.bias.data(), d.res_i8.data(),
                                                 d.res_f32.data(), out_i8.data(), out_f32.data());
   run(c, d, e);
-  size_t off_by_one = 0, lo = 0, hi = 0, saturated_ref = 0;
+  size_t off_by_one = 0, lo = 0, hi = 0, saturated_ref = 0, ties = 0;
+  bool target_seen[5] = {false, false, false, false, false};
   for (size_t i = 0; i < d.out_count; ++i) {
     const int co = static_cast<int>(i % c.s.cout);
     double y = static_cast<double>(acc[i]) * d.scale[co] + (c.bias ? d.bias[co] : 0.0);
@@ -84,7 +86,10 @@ int check_case(const Case& c, uint32_t seed) {
     if (c.act != ck::Activation::kNone) y = std::max(y, 0.0);
     if (c.act == ck::Activation::kRelu6) y = std::min(y, 6.0);
     if (c.out_i8) {
-      const double q = std::nearbyint(y / d.out_scale);
+      const double scaled = y / d.out_scale;
+      ties += std::fabs(scaled - std::trunc(scaled)) == 0.5;
+      for (int t = 0; t < 5; ++t) target_seen[t] = target_seen[t] || scaled == ck_test::kTieTargets[t];
+      const double q = std::nearbyint(scaled);
       const double want = std::min(127.0, std::max(-128.0, q));
       saturated_ref += (q > 127.0 || q < -128.0);
       const int got = out_i8[i];
@@ -102,6 +107,20 @@ int check_case(const Case& c, uint32_t seed) {
       return 1;
     }
   }
+  if (c.ties != ck_test::kNoTies) {
+    // Every epilogue step is exact here, so float32 must match float64 everywhere, ties included.
+    if (off_by_one != 0 || ties * 5 < d.out_count) {
+      std::fprintf(stderr, "[%s] ties: %zu of %zu outputs are ties, %zu rounded differently from half-to-even\n",
+                   c.name, ties, d.out_count, off_by_one);
+      ++failures;
+    }
+    for (int t = 0; t < 5 && c.ties == ck_test::kTieValues; ++t) {
+      if (!target_seen[t]) {
+        std::fprintf(stderr, "[%s] no output lands on %g before rounding\n", c.name, ck_test::kTieTargets[t]);
+        ++failures;
+      }
+    }
+  }
   if (off_by_one * 200 > d.out_count) {
     std::fprintf(stderr, "[%s] %zu of %zu int8 outputs off by one\n", c.name, off_by_one, d.out_count);
     ++failures;
@@ -110,8 +129,8 @@ int check_case(const Case& c, uint32_t seed) {
     std::fprintf(stderr, "[%s] saturation not exercised (-128: %zu, 127: %zu)\n", c.name, lo, hi);
     ++failures;
   }
-  std::printf("%-34s %s  outputs=%zu off_by_one=%zu saturated(-128/127)=%zu/%zu\n", c.name,
-              failures ? "FAIL" : "ok", d.out_count, off_by_one, lo, hi);
+  std::printf("%-34s %s  outputs=%zu off_by_one=%zu saturated(-128/127)=%zu/%zu ties=%zu\n", c.name,
+              failures ? "FAIL" : "ok", d.out_count, off_by_one, lo, hi, ties);
   return failures;
 }
 
