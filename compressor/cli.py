@@ -150,7 +150,9 @@ def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shap
             raise CompressorError(f"--set {item!r} must be KEY=VALUE")
         params[key] = yaml.safe_load(value)
     budgets = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_mb": max_size_mb}
-    data = {"passes": [{pass_name: params}], "export": ["onnx"]}
+    # A pass that writes a deployable artifact (quantize) has it exported and judged by the gate.
+    export = ["onnx", "onnx_int8"] if PASSES[pass_name].produces_artifact else ["onnx"]
+    data = {"passes": [{pass_name: params}], "export": export}
     data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
                             mean, std)
     _run_pipeline(data, out, resume, quiet)

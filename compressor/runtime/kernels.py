@@ -25,7 +25,7 @@ from compressor.graph.modules import Add, ChannelPadShortcut
 from compressor.graph.trace import trace
 
 LIB_NAME = "libcompressor_torch_ops.so"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # compressor/runtime/kernels.py -> the repository
 BUILD_COMMAND = "cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j2"
 _loaded: Path | None = None
 
