@@ -372,7 +372,7 @@ def test_quantize_pass_deploys_a_faster_int8_candidate(splits, teacher, tmp_path
     d = result.metrics
     assert result.artifact.deploy is True
     assert d["int8_faster"] is True and d["deploy"] == "int8" and d["throughput_speedup"] == 2.0
-    assert d["config"]["scheme"] != "symmetric" and d["config"]["precision"] == "int8"
+    assert d["int8_config"]["scheme"] != "symmetric" and d["int8_config"]["precision"] == "int8"
 
 
 def test_onnxruntime_quantizer_api_is_the_one_we_drive():

@@ -127,7 +127,7 @@ class Quantune:
         deploy = deployment(speed["int8_faster"], fallback)
         record = {
             "target": c.target,
-            "config": best.as_dict(),
+            "int8_config": best.as_dict(),
             "float_layers": problem.float_layers(best),
             "val_top1": problem.results[best],
             "latency_candidates": {cfg.key(): {**lat[cfg].as_dict(), "val_top1": problem.results[cfg]} for cfg in pool},
