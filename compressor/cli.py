@@ -6,16 +6,52 @@ Every user-facing failure is one line on stderr and a non-zero exit (2 = bad inp
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import sys
 from pathlib import Path
 
 import click
-import yaml
 
 from compressor.errors import CompressorError
 
 DEBUG = {"on": False}
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 60 else value[:57] + "...")
+
+
+def _path_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A path option: refuse an empty, over-long or impossible path at once, naming the flag."""
+    from compressor.core.files import path_problem
+
+    problem = None if value is None else path_problem(value)
+    if problem:
+        raise click.BadParameter(f"{_show(value)} {problem}; give another path", ctx, param)
+    return value
+
+
+class Number(click.ParamType):
+    """A finite float (click's FLOAT takes ``nan`` and ``inf``) with optional bounds."""
+
+    name = "number"
+
+    def __init__(self, ge: float | None = None, gt: float | None = None):
+        self.ge, self.gt = ge, gt
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if (self.ge is not None and number < self.ge) or (self.gt is not None and number <= self.gt):
+            self.fail(f"{value} must be {'≥' if self.ge is not None else '>'} {self.ge if self.ge is not None else self.gt:g}",
+                      param, ctx)
+        return number
 
 
 def _parse_shape(value: str | None) -> list[int] | None:
@@ -30,10 +66,20 @@ def _parse_shape(value: str | None) -> list[int] | None:
     return shape
 
 
-def _read_yaml(path: str | None) -> dict:
+def _read_yaml(path: str | None, what: str = "recipe") -> dict:
     from compressor.pipeline.recipe import read_recipe_file
 
-    return {} if path is None else read_recipe_file(path)
+    return {} if path is None else read_recipe_file(path, what)
+
+
+def budget_options(f):
+    for opt in reversed([
+        click.option("--max-accuracy-drop", type=Number(ge=0), help="Gate: max test top-1 drop vs teacher (points)."),
+        click.option("--min-speedup", type=Number(gt=0), help="Gate: min teacher/final ORT-CPU p50 latency ratio (batch 1)."),
+        click.option("--max-size-mb", type=Number(gt=0), help="Gate: max size of the deployed ONNX (MiB)."),
+    ]):
+        f = opt(f)
+    return f
 
 
 def _parse_floats(value: str | None, flag: str) -> list[float] | None:
@@ -46,7 +92,7 @@ def _parse_floats(value: str | None, flag: str) -> list[float] | None:
 
 
 def _apply_overrides(data: dict, model, weights, data_path, input_shape, allow_pickle, seed, budgets, no_bench,
-                     mean=None, std=None) -> dict:
+                     mean=None, std=None, splits=None) -> dict:
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     m = data.setdefault("model", {})
     if not isinstance(m, dict):
@@ -63,11 +109,12 @@ def _apply_overrides(data: dict, model, weights, data_path, input_shape, allow_p
         m["mean"] = _parse_floats(mean, "--mean")
     if std:
         m["std"] = _parse_floats(std, "--std")
-    if data_path:
+    data_overrides = {"path": data_path, **(splits or {})}
+    if any(v is not None for v in data_overrides.values()):
         d = data.setdefault("data", {})
         if not isinstance(d, dict):
             raise CompressorError("recipe: data must be a mapping")
-        d["path"] = data_path
+        d.update({k: v for k, v in data_overrides.items() if v is not None})
     if seed is not None:
         data["seed"] = seed
     b = data.setdefault("budget", {})
@@ -89,18 +136,17 @@ def _run_pipeline(data: dict, out: str, resume: bool, quiet: bool) -> None:
 def model_options(f):
     for opt in reversed([
         click.option("--model", help="Zoo name, package.module:callable or file.py:callable."),
-        click.option("--weights", type=str, help="state_dict checkpoint (or a compressor stage file)."),
-        click.option("--data", "data_path", help="ImageFolder dir, .tar/.tar.gz of one, or .npz."),
+        click.option("--weights", type=str, callback=_path_flag, help="state_dict checkpoint (or a compressor stage file)."),
+        click.option("--data", "data_path", callback=_path_flag, help="ImageFolder dir, .tar/.tar.gz of one, or .npz."),
         click.option("--input-shape", help="C,H,W (default from the recipe, else 3,32,32)."),
         click.option("--mean", help="Per-channel normalisation mean, e.g. 0.485,0.456,0.406 (default from the recipe)."),
         click.option("--std", help="Per-channel normalisation std, e.g. 0.229,0.224,0.225."),
         click.option("--allow-pickle", is_flag=True, help="Allow loading a pickled whole module (runs code!)."),
-        click.option("--seed", type=int, default=None),
-        click.option("--out", required=True, help="Output folder."),
+        click.option("--seed", type=click.IntRange(min=0), default=None),
+        click.option("--validation", type=click.IntRange(min=1), help="Validation images drawn from train/ (data.validation)."),
+        click.option("--calibration", type=click.IntRange(min=1), help="Calibration images drawn from train/ (data.calibration)."),
+        click.option("--out", required=True, callback=_path_flag, help="Output folder."),
         click.option("--resume", is_flag=True, help="Skip stages already complete and intact in --out."),
-        click.option("--max-accuracy-drop", type=float, help="Gate: max test top-1 drop vs teacher (points)."),
-        click.option("--min-speedup", type=float, help="Gate: min teacher/final ORT-CPU p50 latency ratio (batch 1)."),
-        click.option("--max-size-mb", type=float, help="Gate: max size of the deployed ONNX (MiB)."),
         click.option("--no-bench", is_flag=True, help="Skip latency measurements."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]):
@@ -117,44 +163,57 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.option("--recipe", type=str, help="YAML recipe (see recipes/).")
+@click.option("--recipe", type=str, callback=_path_flag, help="YAML recipe (see recipes/).")
 @model_options
-def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, out, resume,
-             max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
+@budget_options
+def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, validation, calibration, out,
+             resume, max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
     """Run a recipe's passes on a teacher, export, benchmark and write the report."""
     data = _read_yaml(recipe)
     if not recipe:
         data = {"passes": [{"fold_bn": {}}], "export": ["onnx"]}
     budgets = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_mb": max_size_mb}
     data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
-                            mean, std)
+                            mean, std, {"validation": validation, "calibration": calibration})
     _run_pipeline(data, out, resume, quiet)
 
 
 @cli.command("run")
 @click.argument("pass_name")
-@click.option("--config", "config_path", type=str, help="YAML mapping of the pass's parameters.")
+@click.option("--config", "config_path", type=str, callback=_path_flag, help="YAML mapping of the pass's parameters.")
 @click.option("--set", "sets", multiple=True, help="Pass parameter KEY=VALUE (YAML value); repeatable.")
 @model_options
-def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, out, resume,
-             max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
+@budget_options
+def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, validation,
+             calibration, out, resume, max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
     """Run one pass on a model (for CI pipelines that run passes one at a time)."""
+    import yaml
+
+    from compressor.core.config import from_dict
     from compressor.passes import PASSES
+    from compressor.pipeline.recipe import load_yaml
 
     if pass_name not in PASSES:
         raise CompressorError(f"unknown pass {pass_name!r}; `compressor passes` lists {', '.join(sorted(PASSES))}")
-    params = _read_yaml(config_path)
+    params = _read_yaml(config_path, "--config")
     for item in sets:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise CompressorError(f"--set {item!r} must be KEY=VALUE")
-        params[key] = yaml.safe_load(value)
+        if not sep or not key.strip():
+            raise CompressorError(f"--set {item!r} must be KEY=VALUE, e.g. --set target_ratio=0.3")
+        try:
+            params[key.strip()] = load_yaml(value)
+        except yaml.YAMLError as exc:
+            raise CompressorError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); "
+                                  "quote it or fix the brackets") from None
+    # Checked here so that errors name --set / --config rather than a recipe key path `run` cannot take.
+    source = "--set" if not config_path else f"--config {config_path}" if not sets else f"--set / --config {config_path}"
+    from_dict(PASSES[pass_name].Config, params, "", source)
     budgets = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_mb": max_size_mb}
     # A pass that writes a deployable artifact (quantize) has it exported and judged by the gate.
     export = ["onnx", "onnx_int8"] if PASSES[pass_name].produces_artifact else ["onnx"]
     data = {"passes": [{pass_name: params}], "export": export}
     data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
-                            mean, std)
+                            mean, std, {"validation": validation, "calibration": calibration})
     _run_pipeline(data, out, resume, quiet)
 
 
@@ -172,47 +231,79 @@ def passes():
 
 
 @cli.command()
-@click.argument("artifact")
+@click.argument("artifact", callback=_path_flag)
 @click.option("--batch", default="1,64", help="Comma-separated batch sizes.")
-@click.option("--warmup", default=0.2, type=float, help="Warm-up seconds (trtexec --warmUp is in ms: 200).")
-@click.option("--duration", default=3.0, type=float, help="Seconds of measurement per batch size and artifact.")
-@click.option("--iterations", default=10, type=int, help="Minimum measured inferences.")
-@click.option("--threads", default=2, type=int, help="Intra-op threads.")
+@click.option("--warmup", default=0.2, type=Number(ge=0), help="Warm-up seconds (trtexec --warmUp is in ms: 200).")
+@click.option("--duration", default=3.0, type=Number(ge=0), help="Seconds of measurement per batch size and artifact.")
+@click.option("--iterations", default=10, type=click.IntRange(min=1), help="Minimum measured inferences.")
+@click.option("--threads", default=2, type=click.IntRange(min=1), help="Intra-op threads.")
 @click.option("--backend", default="auto",
               help="auto | onnxruntime-cpu | torch-cpu | torch-cuda | torch-int8 | tensorrt (GPU ones need a GPU).")
 @click.option("--fp16", is_flag=True, help="torch-cuda: run in FP16.")
 @click.option("--cuda-graph", is_flag=True, help="torch-cuda: replay one captured CUDA graph.")
 @click.option("--model", help="Architecture for a state_dict artifact (torch-cpu).")
-@click.option("--input-shape", default="3,32,32", help="C,H,W for torch artifacts.")
-@click.option("--vs", "other", help="A second artifact measured in the same run, alternating with the first "
-              "(ONNX files: each window in its own process).")
-@click.option("--json", "json_path", help="Write the figures as JSON.")
-def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16, cuda_graph, model, input_shape, other,
-          json_path):
+@click.option("--allow-pickle", is_flag=True, help="Allow loading a pickled whole module (runs code!).")
+@click.option("--input-shape", help="C,H,W: required for an ONNX file with dynamic H and W (its static dims "
+              "otherwise); torch artifacts default to 3,32,32.")
+@click.option("--vs", "other", callback=_path_flag, help="A second artifact measured in the same run, alternating with "
+              "the first (ONNX files: each window in its own process).")
+@click.option("--json", "json_path", callback=_path_flag, help="Write the figures as JSON (missing folders are created).")
+def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16, cuda_graph, model, allow_pickle,
+          input_shape, other, json_path):
     """Measure latency and throughput, printed as trtexec prints them."""
+    import os
+
     from compressor.core.files import write_atomic
     from compressor.core.models import load_user_model
-    from compressor.runtime.bench import BenchSettings, bench_onnx, format_summary, make_runner, measure, resolve_backend, summarize
+    from compressor.runtime.bench import (
+        BenchSettings,
+        bench_onnx,
+        format_summary,
+        make_runner,
+        measure,
+        onnx_input_shape,
+        resolve_backend,
+        summarize,
+    )
 
-    shape = tuple(_parse_shape(input_shape))
+    given = None if input_shape is None else tuple(_parse_shape(input_shape))
     artifacts = [artifact] + ([other] if other else [])
     for a in artifacts:
+        if Path(a).is_dir():
+            raise CompressorError(f"artifact {a} is a folder; give a model file (.onnx, .pt, .engine)")
         if not Path(a).is_file():
             raise CompressorError(f"artifact {a} does not exist")
-
-    def loader(path: str):
-        loaded = load_user_model(model, path, False, shape)
-        return loaded.model, shape
-
     try:
         batches = [int(b) for b in batch.split(",")]
     except ValueError:
-        raise CompressorError(f"--batch {batch!r} must be comma-separated integers") from None
+        raise CompressorError(f"--batch {batch!r} must be comma-separated integers, e.g. 1,64") from None
+    if min(batches) < 1:
+        raise CompressorError(f"--batch {batch!r}: every batch size must be at least 1")
+    if json_path:
+        # Checked before timing so that minutes of measurement are not lost at the end.
+        parent = next(p for p in Path(json_path).absolute().parents if p.exists())
+        if not os.access(parent, os.W_OK):
+            raise CompressorError(f"--json {json_path}: {parent} is not writable; choose another path")
     settings = BenchSettings(warmup, duration, iterations, threads)
-    results: dict = {"artifact": artifact, "vs": other, "backend": backend, "threads": threads, "results": []}
+    onnx_only = all(resolve_backend(a, backend) == "onnxruntime-cpu" for a in artifacts)
+    if onnx_only:
+        shapes = {onnx_input_shape(a, given) for a in artifacts}
+        if len(shapes) > 1:
+            raise CompressorError(f"{artifact} and --vs {other} take different input shapes {sorted(shapes)}; "
+                                  "compare models of one input size")
+        (shape,) = shapes
+    else:
+        shape = given or (3, 32, 32)
+
+    def loader(path: str):
+        loaded = load_user_model(model, path, allow_pickle, shape)
+        return loaded.model, shape
+
+    results: dict = {"artifact": artifact, "vs": other, "backend": backend, "threads": threads,
+                     "input_shape": list(shape), "results": []}
     # ONNX Runtime artifacts are timed in their own processes (see bench.py); other backends in this one.
-    if all(resolve_backend(a, backend) == "onnxruntime-cpu" for a in artifacts):
-        by_batch = bench_onnx(artifacts, batches, settings)
+    if onnx_only:
+        by_batch = bench_onnx(artifacts, batches, settings, shape)
     else:
         by_batch = {b: [summarize(lat, b, wall) for lat, wall in measure(
             [make_runner(a, backend, b, threads, loader, fp16, cuda_graph) for a in artifacts], settings)]
@@ -232,14 +323,13 @@ def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16,
                        f"median latency {entry['ratio']['median_latency']:.3f}x")
         results["results"].append(entry)
     if json_path:
+        Path(json_path).absolute().parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(json_path), json.dumps(results, indent=2))
 
 
 @cli.command()
-@click.argument("report_path")
-@click.option("--max-accuracy-drop", type=float)
-@click.option("--min-speedup", type=float)
-@click.option("--max-size-mb", type=float)
+@click.argument("report_path", callback=_path_flag)
+@budget_options
 def check(report_path, max_accuracy_drop, min_speedup, max_size_mb):
     """Gate an existing report.json: exit 0 when every limit is met, 3 when one is missed."""
     from compressor.errors import GateFailed
@@ -260,25 +350,50 @@ def check(report_path, max_accuracy_drop, min_speedup, max_size_mb):
             f"{g.limit} missed" + (f" by {-g.margin:.3f}" if g.margin is not None else "") for g in failed))
 
 
+# OS errors that are the machine's or the user's to fix, not a bug: exit 2 with the fix.
+_USER_ERRNOS = {
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.ENOSPC: "free disk space or choose another --out",
+    errno.EDQUOT: "free disk space or choose another --out",
+    errno.EACCES: "choose a path you may read and write",
+    errno.EPERM: "choose a path you may read and write",
+    errno.EROFS: "choose a writable --out",
+}
+
+
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click ≥ 8.2: a bare `compressor` shows the help
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except _NO_ARGS as exc:
+        click.echo(exc.format_message(), err=True)
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
     except CompressorError as exc:
         if DEBUG["on"]:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {' '.join(str(exc).splitlines())}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
         if DEBUG["on"]:
             raise
+        if isinstance(exc, OSError) and exc.errno in _USER_ERRNOS:
+            where = f" {_show(str(exc.filename))}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror}:{where}; {_USER_ERRNOS[exc.errno]}", err=True)
+            sys.exit(2)
         click.echo(f"error: internal failure {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
                    "(rerun with --debug for the traceback and report it)", err=True)
         sys.exit(1)

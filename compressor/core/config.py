@@ -44,8 +44,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def convert(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against annotation ``tp`` (dataclass, list, Optional, scalars); returns the typed value."""
+def convert(value: Any, tp: Any, path: str, source: str = "recipe") -> Any:
+    """Check ``value`` against annotation ``tp`` (dataclass, list, dict, Optional, scalars); returns the typed
+    value. ``source`` opens every error message: the recipe, or the flag or file the values came from."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -54,80 +55,88 @@ def convert(value: Any, tp: Any, path: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return convert(value, arg, path)
+                return convert(value, arg, path, source)
             except CompressorError as exc:
                 errors.append(str(exc))
-        raise CompressorError(errors[0] if len(errors) == 1 else f"recipe: {path} has the wrong type ({value!r})")
+        raise CompressorError(errors[0] if len(errors) == 1 else f"{source}: {path} has the wrong type ({value!r})")
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path)
+        return from_dict(tp, value, path, source)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise CompressorError(f"recipe: {path} must be a list, got {type(value).__name__} {value!r}")
+            raise CompressorError(f"{source}: {path} must be a list, got {type(value).__name__} {value!r}")
         (item,) = typing.get_args(tp)[:1] or (Any,)
-        items = [convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        items = [convert(v, item, f"{path}[{i}]", source) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise CompressorError(f"{source}: {path} must be a mapping, got {type(value).__name__} {value!r}")
+        return value
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float) and isinstance(value, bool):
-        raise CompressorError(f"recipe: {path} must be {_type_name(tp)}, got bool {value!r}")
+        raise CompressorError(f"{source}: {path} must be {_type_name(tp)}, got bool {value!r}")
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise CompressorError(f"recipe: {path} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        raise CompressorError(f"{source}: {path} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
     if tp is float and not math.isfinite(value):
-        raise CompressorError(f"recipe: {path} must be a finite number, got {value!r}")
+        raise CompressorError(f"{source}: {path} must be a finite number, got {value!r}")
     return value
 
 
-def _check_value(value: Any, f: dataclasses.Field, path: str) -> None:
+def _check_value(value: Any, f: dataclasses.Field, path: str, source: str) -> None:
     m = f.metadata
     if value is None or not m:
         return
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            _check_value(v, f, f"{path}[{i}]")
+            _check_value(v, f, f"{path}[{i}]", source)
         return
     if m.get("choices") and value not in m["choices"]:
-        raise CompressorError(f"recipe: {path} is {value!r}; choose {allowed(f)}")
+        raise CompressorError(f"{source}: {path} is {value!r}; choose {allowed(f)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         bad = ((m.get("ge") is not None and value < m["ge"]) or (m.get("gt") is not None and value <= m["gt"])
                or (m.get("le") is not None and value > m["le"]) or (m.get("lt") is not None and value >= m["lt"]))
         if bad:
-            raise CompressorError(f"recipe: {path} is {value!r}; it must be {allowed(f)}")
+            raise CompressorError(f"{source}: {path} is {value!r}; it must be {allowed(f)}")
 
 
-def validate(obj: Any, path: str = "") -> Any:
+def validate(obj: Any, path: str = "", source: str = "recipe") -> Any:
     """Check every declared field of dataclass ``obj`` (recursing into nested ones), then its ``check()``."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         where = f"{path}.{f.name}" if path else f.name
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            validate(value, where)
+            validate(value, where, source)
         else:
-            _check_value(value, f, where)
+            _check_value(value, f, where, source)
     check = getattr(obj, "check", None)
     message = check() if callable(check) else None
     if message:
-        raise CompressorError(f"recipe: {path + ': ' if path else ''}{message}")
+        raise CompressorError(f"{source}: {path + ': ' if path else ''}{message}")
     return obj
 
 
-def from_dict(cls: type, data: Any, path: str = "") -> Any:
+def from_dict(cls: type, data: Any, path: str = "", source: str = "recipe") -> Any:
     """Build and validate dataclass ``cls`` from a mapping; unknown keys, wrong types and values out of range fail
-    with the key path."""
-    where = path or "the recipe"
+    with the key path, after ``source`` (what the values came from)."""
+    where = path or "the top level"
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise CompressorError(f"recipe: {where} must be a mapping, got {type(data).__name__}")
+        raise CompressorError(f"{source}: {where} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in names]
     if unknown:
         key = f"{path}.{unknown[0]}" if path else str(unknown[0])
-        raise CompressorError(f"recipe: unknown key {key!r} (allowed: {', '.join(sorted(names))})")
-    kwargs = {k: convert(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
-    return validate(cls(**kwargs), path)
+        raise CompressorError(f"{source}: unknown key {key!r} (allowed: {', '.join(sorted(names))})")
+    kwargs = {k: convert(v, hints[k], f"{path}.{k}" if path else k, source) for k, v in data.items()}
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in kwargs
+               and f.default is _MISSING and f.default_factory is _MISSING]
+    if missing:
+        raise CompressorError(f"{source}: {path + '.' if path else ''}{missing[0]} is missing")
+    return validate(cls(**kwargs), path, source)
 
 
 def describe(cls: type) -> list[tuple[str, str, Any, str]]:

@@ -40,3 +40,25 @@ def copy_atomic(src: str | Path, dst: str | Path) -> Path:
         fout.flush()
         os.fsync(fout.fileno())
     return Path(dst)
+
+
+def path_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot name a file or folder on this machine: empty, a name or the whole path longer than the
+    file system allows, or below a file; None when it can. Checked before any work, so a bad ``--out`` fails at
+    once rather than after the passes, and without an OS error ("File name too long") in the middle of a run."""
+    text = os.fspath(path)
+    if not text.strip():
+        return "is empty"
+    try:
+        name_max, path_max = os.pathconf(".", "PC_NAME_MAX"), os.pathconf(".", "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max, path_max = 255, 4096
+    long_name = next((part for part in Path(text).parts if len(os.fsencode(part)) > name_max), None)
+    if long_name is not None:
+        return f"has a name of {len(os.fsencode(long_name))} bytes; the file system allows {name_max}"
+    if len(os.fsencode(os.path.abspath(text))) >= path_max:
+        return f"is {len(os.fsencode(os.path.abspath(text)))} bytes long; the file system allows {path_max - 1}"
+    for parent in reversed(Path(text).parents):
+        if parent.exists() and not parent.is_dir():
+            return f"is below {parent}, which is a file"
+    return None

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import pickle
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,12 @@ from compressor.errors import CompressorError
 class LoadedModel:
     model: nn.Module
     allowed_modules: tuple[str, ...]  # module prefixes whose classes saved stages may instantiate
+    outputs: int | None = None  # logits per image (the number of classes), when the input shape was checked
+
+
+def _exited(what: str, exc: SystemExit) -> CompressorError:
+    """A user's module or factory called sys.exit(): its code must not become ours (3 means "gate missed")."""
+    return CompressorError(f"{what} exited (SystemExit {exc.code}) instead of returning a model; remove the exit call")
 
 
 def _import_callable(spec: str) -> tuple[object, str]:
@@ -48,6 +55,8 @@ def _import_callable(spec: str) -> tuple[object, str]:
             module = importlib.import_module(target)
     except CompressorError:
         raise
+    except SystemExit as exc:
+        raise _exited(f"importing {target} for --model", exc) from None
     except Exception as exc:
         raise CompressorError(f"cannot import {target} for --model: {type(exc).__name__}: {exc}") from None
     if not hasattr(module, attr):
@@ -78,7 +87,8 @@ def check_finite(model: nn.Module, source: str) -> None:
             raise CompressorError(f"{source}: tensor {name} contains NaN or Inf; the checkpoint is broken")
 
 
-def check_input_shape(model: nn.Module, input_shape: tuple[int, ...], source: str) -> None:
+def check_input_shape(model: nn.Module, input_shape: tuple[int, ...], source: str) -> int:
+    """Run the model on zeros of ``input_shape``; returns its number of logits per image."""
     model.eval()
     try:
         with torch.no_grad():
@@ -90,6 +100,46 @@ def check_input_shape(model: nn.Module, input_shape: tuple[int, ...], source: st
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise CompressorError(f"model {source} must return (batch, classes) logits, got {getattr(out, 'shape', type(out))}")
+    return int(out.shape[1])
+
+
+_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)  # how torch.save's old format opens
+
+
+def _is_torch_file(path: Path) -> bool:
+    """Written by ``torch.save`` (the zip format, or the legacy one): only then can a failed weights-only load
+    mean "a pickled object"; anything else is not a checkpoint at all."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return any(name.endswith("data.pkl") for name in z.namelist())
+    with open(path, "rb") as f:
+        return f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
+
+
+def _load_checkpoint(path: Path, allow_pickle: bool) -> object:
+    """``torch.load`` with ``weights_only``; a pickled object only with ``allow_pickle``; one-line errors."""
+    not_torch = (f"checkpoint {path} is not a PyTorch file: give a state_dict saved with torch.save or a model file "
+                 "written by compressor")
+    try:
+        if not _is_torch_file(path):
+            raise CompressorError(not_torch)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except CompressorError:
+        raise
+    except pickle.UnpicklingError:
+        if not allow_pickle:
+            raise CompressorError(
+                f"{path} is a pickled object, not a state_dict; unpickling runs code from the file, so it is only "
+                "loaded with --allow-pickle (use it only for files you trust)"
+            ) from None
+    except Exception as exc:
+        raise CompressorError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CompressorError(f"checkpoint {path} could not be unpickled ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); it is corrupt or needs code "
+                              "that is not importable here") from None
 
 
 def load_user_model(
@@ -106,6 +156,8 @@ def load_user_model(
             factory, module_name = _import_callable(model)
             try:
                 net = factory()
+            except SystemExit as exc:
+                raise _exited(f"model factory {model}", exc) from None
             except Exception as exc:
                 raise CompressorError(f"calling {model} failed: {type(exc).__name__}: {exc}") from None
             if not isinstance(net, nn.Module):
@@ -113,19 +165,11 @@ def load_user_model(
             allowed = allowed + (module_name + ".", module_name)
     if weights:
         path = Path(weights)
+        if path.is_dir():
+            raise CompressorError(f"checkpoint {path} is a folder; give the weights file with --weights")
         if not path.is_file():
             raise CompressorError(f"checkpoint {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            if not allow_pickle:
-                raise CompressorError(
-                    f"{path} is a pickled object, not a state_dict; unpickling runs code from the file, so it is only "
-                    "loaded with --allow-pickle (use it only for files you trust)"
-                ) from None
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise CompressorError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__})") from None
+        state = _load_checkpoint(path, allow_pickle)
         if isinstance(state, nn.Module):
             net = state
         elif isinstance(state, dict) and state.get("format") == FORMAT:
@@ -142,6 +186,5 @@ def load_user_model(
     if net is None:
         raise CompressorError("no model given: pass --model (zoo name or module:callable) and/or --weights")
     check_finite(net, weights or model or "model")
-    if input_shape is not None:
-        check_input_shape(net, input_shape, model or weights)
-    return LoadedModel(net.eval(), allowed)
+    outputs = None if input_shape is None else check_input_shape(net, input_shape, model or weights)
+    return LoadedModel(net.eval(), allowed, outputs)

@@ -110,6 +110,16 @@ def load_model(path: str | Path, allowed: tuple[str, ...] = DEFAULT_ALLOWED) -> 
         raise CompressorError(f"cannot read model file {path}: {type(exc).__name__}; it is missing or corrupt") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CompressorError(f"{path} is not a compressor model file")
-    model = _build(json.loads(payload["tree"]), allowed)
-    model.load_state_dict(payload["state"])
-    return model.eval(), json.loads(payload["meta"])
+    try:
+        model = _build(json.loads(payload["tree"]), allowed)
+        model.load_state_dict(payload["state"])
+        meta = json.loads(payload["meta"])
+        if not isinstance(meta, dict):
+            raise TypeError("its metadata is not a mapping")
+    except CompressorError:
+        raise
+    except Exception as exc:  # a damaged or hand-made file: its tree, tensors or metadata do not fit together
+        detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise CompressorError(f"model file {path} is damaged or was not written by compressor ({type(exc).__name__}"
+                              f"{': ' + detail if detail else ''}); write it again") from None
+    return model.eval(), meta

@@ -11,7 +11,7 @@ def evaluate_gate(report: Report, budget: BudgetSection) -> list[GateResult]:
     final = next((s for s in report.stages if s.onnx_path == report.deployed), report.stages[-1])
     results = []
     if budget.max_accuracy_drop is not None:
-        drop = None if final.top1 is None else teacher.top1 - final.top1
+        drop = None if final.top1 is None or teacher.top1 is None else teacher.top1 - final.top1
         ok = drop is not None and drop <= budget.max_accuracy_drop
         results.append(GateResult("max_accuracy_drop (pt)", budget.max_accuracy_drop, drop, ok,
                                   None if drop is None else budget.max_accuracy_drop - drop))

@@ -33,7 +33,8 @@ class ModelSection:
             return "model.input_shape must be [channels, height, width]"
         for key in ("mean", "std"):
             if len(getattr(self, key)) != self.input_shape[0]:
-                return f"model.{key} needs {self.input_shape[0]} values, one per input channel"
+                return (f"model.{key} needs {self.input_shape[0]} values, one per input channel of model.input_shape; "
+                        f"set it in the recipe or with --{key}")
         return None
 
 
@@ -115,17 +116,56 @@ def parse_recipe(data: Any) -> Recipe:
     return recipe
 
 
-def read_recipe_file(path: str | Path) -> dict:
-    """The raw mapping of a YAML recipe file, with one-line errors for a missing or malformed file."""
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, at: yaml.Mark, first: yaml.Mark):
+        where = [f"line {m.line + 1}" + (f" column {m.column + 1}" if at.line == first.line else "") for m in (at, first)]
+        super().__init__(f"duplicate key {key!r} on {where[0]} (first on {where[1]})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps the last one,
+    so a second ``model:`` section would silently drop the first (its weights, say)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges are meant to be overridden
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first:
+                    raise DuplicateKey(key, key_node.start_mark, first[key])
+            except TypeError:
+                continue  # an unhashable key: construct_mapping reports it
+            first[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (raises :class:`DuplicateKey`, a ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_recipe_file(path: str | Path, what: str = "recipe") -> dict:
+    """The raw mapping of a YAML recipe (or pass-parameter) file, with one-line errors for a missing, unreadable
+    or malformed file and for a key given twice."""
     path = Path(path)
-    if not path.is_file():
-        raise CompressorError(f"recipe {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        if path.is_dir():
+            raise CompressorError(f"{what} {path} is a folder; give the YAML file")
+        if not path.is_file():
+            raise CompressorError(f"{what} {path} does not exist")
+        data = load_yaml(path.read_text()) or {}
+    except DuplicateKey as exc:
+        raise CompressorError(f"{what} {path}: {exc}; keep one of them") from None
     except yaml.YAMLError as exc:
-        raise CompressorError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise CompressorError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise CompressorError(f"{what} {path} is not a text (YAML) file") from None
+    except OSError as exc:
+        raise CompressorError(f"cannot read {what} {path}: {exc.strerror}") from None
     if not isinstance(data, dict):
-        raise CompressorError(f"recipe {path} must hold a mapping at the top level")
+        raise CompressorError(f"{what} {path} must hold a mapping at the top level")
     return data
 
 

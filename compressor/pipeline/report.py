@@ -63,14 +63,11 @@ class Report:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> Report:
-        d = dict(d)
-        d.pop("gate_passed", None)
-        return cls(
-            stages=[StageRecord(**s) for s in d.pop("stages", [])],
-            gate=[GateResult(**g) for g in d.pop("gate", [])],
-            **d,
-        )
+    def from_dict(cls, d: dict, source: str = "report") -> Report:
+        """The report a ``to_dict`` mapping describes; every field's type is checked, naming its key."""
+        from compressor.core.config import from_dict
+
+        return from_dict(cls, {k: v for k, v in d.items() if k != "gate_passed"}, "", source)
 
 
 def versions() -> dict[str, str]:
@@ -150,10 +147,19 @@ def write_report(report: Report, out_dir: Path) -> None:
 
 
 def read_report(path: str | Path) -> Report:
+    """A report.json, checked field by field: a wrong type names its key (``stages[0].top1``), an empty or
+    foreign file says so."""
     path = Path(path)
+    if path.is_dir():
+        raise CompressorError(f"report {path} is a folder; give the report.json inside it")
     try:
-        return Report.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise CompressorError(f"report {path} does not exist") from None
-    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CompressorError(f"{path} is not a compressor report.json ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise CompressorError(f"{path} is not a compressor report.json: it holds a {type(data).__name__}, not a mapping")
+    if not isinstance(data.get("stages"), list) or not data["stages"]:
+        raise CompressorError(f"{path} is not a compressor report.json: it has no stages (the teacher row comes first)")
+    return Report.from_dict(data, f"report {path}")

@@ -18,8 +18,8 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from compressor.core.data import Preprocess, load_dataset, make_splits
-from compressor.core.files import copy_atomic
+from compressor.core.data import Preprocess, check_against_model, load_dataset, make_splits
+from compressor.core.files import copy_atomic, path_problem
 from compressor.core.metrics import agreement, count_macs, count_params, predict, top1
 from compressor.core.models import load_user_model
 from compressor.core.serialize import load_model, save_model
@@ -33,7 +33,9 @@ from compressor.runtime.export import check_parity, export_onnx, ort_predict, or
 
 
 def prepare_out_dir(out_dir: Path) -> None:
-    """Refuse a file or an unwritable location before any work is done."""
+    """Refuse a file, an impossible path or an unwritable location before any work is done."""
+    if problem := path_problem(out_dir):
+        raise CompressorError(f"output path {str(out_dir)[:60]!r} {problem}; give another --out")
     if out_dir.exists() and not out_dir.is_dir():
         raise CompressorError(f"output path {out_dir} is a file; give a folder path with --out")
     probe_parent = out_dir if out_dir.exists() else next((p for p in out_dir.parents if p.exists()), Path("."))
@@ -67,7 +69,8 @@ class Pipeline:
 
             _import_tensorrt()  # fail before any work when TensorRT is absent
         if r.budget.min_speedup is not None and not r.bench.enabled:
-            raise CompressorError("budget.min_speedup needs bench.enabled: true (latency is measured by bench)")
+            raise CompressorError("budget.min_speedup (--min-speedup) needs latency measurements: set bench.enabled: "
+                                  "true or drop --no-bench")
 
     def _measure(self, record: StageRecord, model: nn.Module, onnx_path: Path, logits: np.ndarray,
                  teacher_logits: np.ndarray, teacher_top1: float | None) -> None:
@@ -93,12 +96,8 @@ class Pipeline:
         self._check()
         prepare_out_dir(self.out_dir)
         loaded = load_user_model(r.model.name, r.model.weights, r.model.allow_pickle, self.input_shape)
-        dataset = load_dataset(r.data.path)
-        if dataset.test.images.shape[1:3] != self.input_shape[1:]:
-            raise CompressorError(
-                f"images are {dataset.test.images.shape[1:3]} but model.input_shape is {self.input_shape}; "
-                "set model.input_shape to match the data"
-            )
+        dataset = load_dataset(r.data.path, progress=self.progress)
+        check_against_model(dataset, loaded.outputs, self.input_shape)
         self.splits = make_splits(dataset, r.seed, r.data.validation, r.data.calibration, r.data.reference_per_class)
         stages_dir = self.out_dir / "stages"
         stages_dir.mkdir(parents=True, exist_ok=True)

@@ -84,14 +84,41 @@ def measure(runners: list[Runner], settings: BenchSettings) -> list[tuple[list[f
     return list(zip(lats, walls))
 
 
-def onnx_runner(path: str | Path, batch: int, threads: int, inputs: np.ndarray | None = None) -> Runner:
-    """``inputs``: images to feed (repeated up to ``batch``); random normal values of the model's shape if None."""
+def onnx_input_shape(path: str | Path, given: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The per-image input shape to time an ONNX file at: its static dims, or ``given`` (``--input-shape``) where
+    they are dynamic. A dynamic dim is never guessed: a 1×1 image would time almost nothing."""
+    from compressor.runtime.sessions import ort_session
+
+    try:
+        dims = ort_session(path, 1).get_inputs()[0].shape[1:]
+    except Exception as exc:
+        raise CompressorError(f"{path} is not an ONNX model ONNX Runtime can load: "
+                              f"{(str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]}") from None
+    static = [d if isinstance(d, int) and d > 0 else None for d in dims]
+    text = "(batch, " + ", ".join(str(d) if s is not None else str(d or "?") for d, s in zip(dims, static)) + ")"
+    if given is None:
+        if None in static:
+            raise CompressorError(f"{Path(path).name} has dynamic input dims {text}; give the size to time with "
+                                  "--input-shape C,H,W")
+        return tuple(static)
+    if len(given) != len(static) or any(s is not None and s != g for s, g in zip(static, given)):
+        raise CompressorError(f"--input-shape {','.join(map(str, given))} does not fit the input {text} of "
+                              f"{Path(path).name}; leave it out to time the model's own shape")
+    return tuple(given)
+
+
+def onnx_runner(path: str | Path, batch: int, threads: int, inputs: np.ndarray | None = None,
+                input_shape: tuple[int, ...] | None = None) -> Runner:
+    """``inputs``: images to feed (repeated up to ``batch``); else random normal values of ``input_shape``, or of
+    the model's static input shape when None."""
     from compressor.runtime.sessions import ort_session
 
     sess = ort_session(path, threads)
     inp = sess.get_inputs()[0]
     if inputs is None:
-        shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape[1:])
+        shape = tuple(input_shape) if input_shape is not None else tuple(inp.shape[1:])
+        if not all(isinstance(d, int) and d > 0 for d in shape):
+            raise CompressorError(f"{Path(path).name} has dynamic input dims {shape}; give the input shape to time")
         x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
     else:
         x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)
@@ -184,10 +211,11 @@ Measured = tuple[list[float], float, list[float]]  # latencies in ms, summed wal
 
 def measure_onnx_isolated(paths: list[str | Path], batches: list[int], settings: BenchSettings,
                           windows: int = WINDOWS, inputs: str | Path | None = None,
-                          progress: bool = False) -> dict[int, list[Measured]]:
+                          progress: bool = False, input_shape: tuple[int, ...] | None = None) -> dict[int, list[Measured]]:
     """``measure`` for ONNX files, each window a fresh process that holds one session and times every batch
     size. Several files alternate (A, B, A, B, ...) over ``windows`` windows that split ``duration`` and
-    ``iterations``; a single file is one window. ``inputs``: an .npy of images to feed instead of random values.
+    ``iterations``; a single file is one window. ``inputs``: an .npy of images to feed instead of random values
+    (of ``input_shape``, or of the files' static input shape when None).
     Returns, per batch size, per file (latencies in ms, summed wall time in s, each window's median in ms)."""
     windows = windows if len(paths) > 1 else 1
     child = replace(settings, duration=settings.duration / windows, iterations=math.ceil(settings.iterations / windows))
@@ -199,6 +227,8 @@ def measure_onnx_isolated(paths: list[str | Path], batches: list[int], settings:
                    ",".join(map(str, batches)), "--settings", json.dumps(asdict(child))]
             if inputs is not None:
                 cmd += ["--inputs", str(inputs)]
+            if input_shape is not None:
+                cmd += ["--shape", ",".join(map(str, input_shape))]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -213,9 +243,10 @@ def measure_onnx_isolated(paths: list[str | Path], batches: list[int], settings:
     return measured
 
 
-def bench_onnx(paths: list[str | Path], batches: list[int], settings: BenchSettings) -> dict[int, list[dict]]:
+def bench_onnx(paths: list[str | Path], batches: list[int], settings: BenchSettings,
+               input_shape: tuple[int, ...] | None = None) -> dict[int, list[dict]]:
     """trtexec-style figures per batch size of ONNX files, each measured in its own processes."""
-    measured = measure_onnx_isolated(paths, batches, settings)
+    measured = measure_onnx_isolated(paths, batches, settings, input_shape=input_shape)
     return {b: [summarize(lat, b, wall) for lat, wall, _ in measured[b]] for b in batches}
 
 
@@ -225,12 +256,14 @@ def _child() -> None:
     p.add_argument("--batches", required=True)
     p.add_argument("--settings", required=True)
     p.add_argument("--inputs")
+    p.add_argument("--shape", help="C,H,W of the random input (for dynamic input dims)")
     args = p.parse_args()
+    shape = None if args.shape is None else tuple(map(int, args.shape.split(",")))
     settings = BenchSettings(**json.loads(args.settings))
     inputs = None if args.inputs is None else np.load(args.inputs)
     result = {}
     for b in map(int, args.batches.split(",")):
-        run = onnx_runner(args.child, b, settings.threads, inputs)  # one session alive at a time
+        run = onnx_runner(args.child, b, settings.threads, inputs, shape)  # one session alive at a time
         (lat, wall), = measure([run], settings)
         del run
         result[b] = {"latencies_ms": lat, "wall_s": wall}
