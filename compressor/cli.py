@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import yaml
 
+from compressor.core.files import NO_SPACE, no_space_error
 from compressor.errors import CompressorError
 
 DEBUG = {"on": False}
@@ -77,11 +78,11 @@ def _apply_overrides(data: dict, model, weights, data_path, input_shape, allow_p
     return data
 
 
-def _run_pipeline(data: dict, out: str, resume: bool, quiet: bool) -> None:
+def _run_pipeline(data: dict, out: str, resume: bool, force: bool, quiet: bool) -> None:
     from compressor.pipeline.recipe import parse_recipe
     from compressor.pipeline.runner import Pipeline
 
-    report = Pipeline(parse_recipe(data), out, resume=resume, progress=not quiet).run()
+    report = Pipeline(parse_recipe(data), out, resume=resume, progress=not quiet, force=force).run()
     click.echo(Path(out, "report.md").read_text().split("\n\nDeployed")[0])
     click.echo(f"\nDeployed: {Path(out) / report.deployed}\nReport: {Path(out) / 'report.md'}")
 
@@ -97,7 +98,10 @@ def model_options(f):
         click.option("--allow-pickle", is_flag=True, help="Allow loading a pickled whole module (runs code!)."),
         click.option("--seed", type=int, default=None),
         click.option("--out", required=True, help="Output folder."),
-        click.option("--resume", is_flag=True, help="Skip stages already complete and intact in --out."),
+        click.option("--resume", is_flag=True, help="Reuse the stages in --out whose inputs and files verify against "
+                     "its manifest.json; re-run the rest (a line on stderr says why)."),
+        click.option("--force", is_flag=True, help="Run into a non-empty --out: delete the files compressor wrote "
+                     "there first (other files are kept)."),
         click.option("--max-accuracy-drop", type=float, help="Gate: max test top-1 drop vs teacher (points)."),
         click.option("--min-speedup", type=float, help="Gate: min teacher/final ORT-CPU p50 latency ratio (batch 1)."),
         click.option("--max-size-mb", type=float, help="Gate: max size of the deployed ONNX (MiB)."),
@@ -119,7 +123,7 @@ def cli(debug: bool) -> None:
 @cli.command()
 @click.option("--recipe", type=str, help="YAML recipe (see recipes/).")
 @model_options
-def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, out, resume,
+def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, out, resume, force,
              max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
     """Run a recipe's passes on a teacher, export, benchmark and write the report."""
     data = _read_yaml(recipe)
@@ -128,7 +132,7 @@ def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pi
     budgets = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_mb": max_size_mb}
     data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
                             mean, std)
-    _run_pipeline(data, out, resume, quiet)
+    _run_pipeline(data, out, resume, force, quiet)
 
 
 @cli.command("run")
@@ -137,7 +141,7 @@ def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pi
 @click.option("--set", "sets", multiple=True, help="Pass parameter KEY=VALUE (YAML value); repeatable.")
 @model_options
 def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, out, resume,
-             max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
+             force, max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
     """Run one pass on a model (for CI pipelines that run passes one at a time)."""
     from compressor.passes import PASSES
 
@@ -153,7 +157,7 @@ def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shap
     data = {"passes": [{pass_name: params}], "export": ["onnx"]}
     data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
                             mean, std)
-    _run_pipeline(data, out, resume, quiet)
+    _run_pipeline(data, out, resume, force, quiet)
 
 
 @cli.command()
@@ -277,6 +281,9 @@ def main() -> None:
     except Exception as exc:
         if DEBUG["on"]:
             raise
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:  # a write outside core.files' atomic helpers
+            click.echo(f"error: {no_space_error(exc.filename or 'a file')}", err=True)
+            sys.exit(2)
         click.echo(f"error: internal failure {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
                    "(rerun with --debug for the traceback and report it)", err=True)
         sys.exit(1)
