@@ -252,6 +252,18 @@ def test_killed_run_resumes_to_the_same_bytes(reference, inputs, tmp_path, cli):
     assert {n: _sha(out / n) for n in reference[1]} == reference[1]
 
 
+def test_exports_and_stage_files_are_byte_identical(teacher, tmp_path):
+    """No time-, path- or process-dependent bytes: two ONNX exports, and two stage files, of one model."""
+    from compressor.core.serialize import load_model, model_digest, save_model
+    from compressor.runtime.export import export_onnx
+
+    a, b = export_onnx(teacher, tmp_path / "a.onnx", (3, 32, 32)), export_onnx(teacher, tmp_path / "b.onnx", (3, 32, 32))
+    assert a.read_bytes() == b.read_bytes()
+    a, b = save_model(teacher, tmp_path / "a.pt", {"k": 1}), save_model(teacher, tmp_path / "b.pt", {"k": 1})
+    assert a.read_bytes() == b.read_bytes()
+    assert model_digest(load_model(a)[0]) == model_digest(teacher)
+
+
 class _FullDisk:
     """A file whose writes fail with ENOSPC once ``room`` bytes are written."""
 

@@ -126,5 +126,5 @@ def load_model(path: str | Path, allowed: tuple[str, ...] = DEFAULT_ALLOWED) -> 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CompressorError(f"{path} is not a compressor model file")
     model = _build(json.loads(payload["tree"]), allowed)
-    model.load_state_dict(payload["state"])
+    model.load_state_dict(payload["state"], assign=True)  # the saved dtypes (e.g. int64 BN counters), not empty()'s float
     return model.eval(), json.loads(payload["meta"])
