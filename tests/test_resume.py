@@ -252,6 +252,25 @@ def test_killed_run_resumes_to_the_same_bytes(reference, inputs, tmp_path, cli):
     assert {n: _sha(out / n) for n in reference[1]} == reference[1]
 
 
+def test_folder_data_digest_sees_content_not_times(tmp_path):
+    from compressor.pipeline.manifest import data_digest
+
+    root = tmp_path / "data"
+    for split, cls in (("train", "cat"), ("test", "dog")):
+        (root / split / cls).mkdir(parents=True)
+        (root / split / cls / "a.png").write_bytes(b"\x01" * 64)
+    first = data_digest(root)
+    image = root / "train" / "cat" / "a.png"
+    st = image.stat()
+    image.write_bytes(b"\x02" * 64)
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert data_digest(root) != first
+    image.write_bytes(b"\x01" * 64)
+    assert data_digest(root) == first
+    (root / "test" / "dog" / "a.png").rename(root / "test" / "dog" / "b.png")  # a renamed file counts too
+    assert data_digest(root) != first
+
+
 def test_exports_and_stage_files_are_byte_identical(teacher, tmp_path):
     """No time-, path- or process-dependent bytes: two ONNX exports, and two stage files, of one model."""
     from compressor.core.serialize import load_model, model_digest, save_model

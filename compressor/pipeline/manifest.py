@@ -247,10 +247,15 @@ def claim(out_dir: Path, resume: bool, force: bool, log: Callable[[str], None]) 
             log(f"--force kept {len(foreign)} file(s) in {out_dir} that compressor did not write: {_some(foreign)}")
         return None, foreign
     what = "an earlier run's results" if owned else f"{len(foreign)} file(s) compressor did not write: {_some(foreign)}"
-    hint = ("pass --resume to reuse its verified stages or --force to delete compressor's files there (keeping any "
-            "others) and run again" if owned else
-            "choose an empty --out, or pass --force to run there anyway (files compressor did not write are kept; "
-            "--resume needs a manifest.json)")
+    if prev is not None:
+        hint = ("pass --resume to reuse its verified stages or --force to delete compressor's files there (keeping "
+                "any others) and run again")
+    elif owned:
+        hint = (f"it has no {NAME} to verify them, so --resume cannot reuse them; pass --force to delete compressor's "
+                "files there (keeping any others) and run again, or choose an empty --out")
+    else:
+        hint = ("choose an empty --out, or pass --force to run there anyway (files compressor did not write are kept; "
+                f"--resume needs a {NAME})")
     raise CompressorError(f"output folder {out_dir} is not empty ({what}); {hint}")
 
 
