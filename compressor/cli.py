@@ -124,11 +124,11 @@ def _apply_overrides(data: dict, model, weights, data_path, input_shape, allow_p
     return data
 
 
-def _run_pipeline(data: dict, out: str, resume: bool, quiet: bool) -> None:
+def _run_pipeline(data: dict, out: str, resume: bool, force: bool, quiet: bool) -> None:
     from compressor.pipeline.recipe import parse_recipe
     from compressor.pipeline.runner import Pipeline
 
-    report = Pipeline(parse_recipe(data), out, resume=resume, progress=not quiet).run()
+    report = Pipeline(parse_recipe(data), out, resume=resume, progress=not quiet, force=force).run()
     click.echo(Path(out, "report.md").read_text().split("\n\nDeployed")[0])
     click.echo(f"\nDeployed: {Path(out) / report.deployed}\nReport: {Path(out) / 'report.md'}")
 
@@ -146,7 +146,10 @@ def model_options(f):
         click.option("--validation", type=click.IntRange(min=1), help="Validation images drawn from train/ (data.validation)."),
         click.option("--calibration", type=click.IntRange(min=1), help="Calibration images drawn from train/ (data.calibration)."),
         click.option("--out", required=True, callback=_path_flag, help="Output folder."),
-        click.option("--resume", is_flag=True, help="Skip stages already complete and intact in --out."),
+        click.option("--resume", is_flag=True, help="Reuse the stages in --out whose inputs and files verify against "
+                     "its manifest.json; re-run the rest (a line on stderr says why)."),
+        click.option("--force", is_flag=True, help="Run into a non-empty --out: delete the files compressor wrote "
+                     "there first (other files are kept)."),
         click.option("--no-bench", is_flag=True, help="Skip latency measurements."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]):
@@ -167,7 +170,7 @@ def cli(debug: bool) -> None:
 @model_options
 @budget_options
 def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, validation, calibration, out,
-             resume, max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
+             resume, force, max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
     """Run a recipe's passes on a teacher, export, benchmark and write the report."""
     data = _read_yaml(recipe)
     if not recipe:
@@ -175,7 +178,7 @@ def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pi
     budgets = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_mb": max_size_mb}
     data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
                             mean, std, {"validation": validation, "calibration": calibration})
-    _run_pipeline(data, out, resume, quiet)
+    _run_pipeline(data, out, resume, force, quiet)
 
 
 @cli.command("run")
@@ -185,7 +188,7 @@ def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pi
 @model_options
 @budget_options
 def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, validation,
-             calibration, out, resume, max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
+             calibration, out, resume, force, max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
     """Run one pass on a model (for CI pipelines that run passes one at a time)."""
     import yaml
 
@@ -214,7 +217,7 @@ def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shap
     data = {"passes": [{pass_name: params}], "export": export}
     data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
                             mean, std, {"validation": validation, "calibration": calibration})
-    _run_pipeline(data, out, resume, quiet)
+    _run_pipeline(data, out, resume, force, quiet)
 
 
 @cli.command()

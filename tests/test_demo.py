@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _fake_latency(int8_faster: bool):
     def measure(models, images, batch, threads, progress=False):
-        fp32 = Latency(0.5, 3000.0, batch, (2900.0, 3100.0))
-        int8 = Latency(0.25, 6000.0, batch, (5900.0, 6100.0)) if int8_faster else Latency(1.0, 1500.0, batch, (1400.0, 1600.0))
+        fp32 = Latency(0.5, 3000.0, batch, (2900.0, 3100.0), (0.48, 0.52))
+        int8 = (Latency(0.25, 6000.0, batch, (5900.0, 6100.0), (0.24, 0.26)) if int8_faster
+                else Latency(1.0, 1500.0, batch, (1400.0, 1600.0), (0.95, 1.05)))
         return {k: fp32 if k == "fp32" else int8 for k in models}
     return measure
 

@@ -25,7 +25,7 @@ from compressor.quant.calibrate import Calibrator, StatsTable
 from compressor.quant.problem import QuantProblem, top1_onnx
 from compressor.quant.qdq import quantize
 from compressor.quant.qdq_rules import check_tensorrt
-from compressor.quant.selection import candidates, deployment, speed_check
+from compressor.quant.selection import candidates, choose, deployment, speed_check
 from compressor.quant.space import QuantConfig, config_space
 from compressor.quant.tuner import (
     DEFAULT_DB,
@@ -294,16 +294,49 @@ def test_warm_start_database_loads():
     assert tuner.propose({}, config_space("ort-cpu"), rng) in config_space("ort-cpu")
 
 
-def test_speed_check_logic():
-    fp32 = Latency(batch1_ms=0.70, throughput=2000.0, batch=64)
-    fast = speed_check(fp32, Latency(0.35, 4200.0, 64))
-    assert fast["int8_faster"] and fast["throughput_speedup"] == 2.1 and fast["batch1_speedup"] == 2.0
-    slow = speed_check(fp32, Latency(1.40, 1100.0, 64))
-    assert not slow["int8_faster"]
-    assert not speed_check(fp32, Latency(0.35, 2100.0, 64), min_speedup=1.5)["int8_faster"]
+def _lat(ms: float, ips: float, spread: float = 0.05) -> Latency:
+    """A measurement whose rounds spread ±``spread`` around its medians."""
+    return Latency(ms, ips, 64, (ips * (1 - spread), ips * (1 + spread)), (ms * (1 - spread), ms * (1 + spread)))
+
+
+def test_speed_check_decides_only_beyond_noise():
+    fp32 = _lat(0.70, 2000.0)
+    fast = speed_check(fp32, _lat(0.35, 4200.0))
+    assert fast["int8_faster"] and fast["speed_verdict"] == "faster" and fast["speed_rule"].startswith("measured")
+    assert fast["throughput_speedup"] == 2.1 and fast["batch1_speedup"] == 2.0
+    slow = speed_check(fp32, _lat(1.40, 1100.0))
+    assert not slow["int8_faster"] and slow["speed_verdict"] == "not faster"
+    assert not speed_check(fp32, _lat(0.35, 2100.0), min_speedup=1.5)["int8_faster"]
+    # Medians 10 % apart but rounds overlapping: no timing decision, the fixed rule says "not faster".
+    noisy = speed_check(_lat(0.70, 2000.0, 0.2), _lat(0.63, 2200.0, 0.2))
+    assert not noisy["int8_faster"] and noisy["speed_verdict"] == "within noise"
+    assert noisy["speed_rule"].startswith("fixed rule") and noisy["throughput_speedup"] == 1.1
+    # Without per-round spreads (e.g. interleaved timing) nothing is known beyond noise either.
+    assert speed_check(Latency(0.70, 2000.0, 64), Latency(0.35, 4200.0, 64))["speed_verdict"] == "within noise"
     assert deployment(True, True) == "int8" and deployment(False, True) == "fp32" and deployment(False, False) == "int8"
     assert candidates({"a": 97.0, "b": 97.3, "c": 97.2, "d": 97.25, "e": 96.0}, 0.1) == ["b", "d", "c"]
     assert candidates({"a": 97.0, "b": 97.3, "c": 97.2}, 0.05) == ["b"]
+
+
+def test_choose_lets_timing_decide_only_beyond_noise():
+    space = config_space("ort-cpu")
+    a, b, c = space[0], space[1], space[2]
+    results = {a: 90.0, b: 90.0, c: 89.8}
+    fp32 = _lat(0.5, 3000.0)
+
+    def pick(lat):
+        checks = {k: speed_check(fp32, v) for k, v in lat.items()}
+        return choose([a, b, c], results, lat, checks, speed_accuracy_budget=0.5, tolerance=0.1)
+
+    # a and b tie on accuracy and their rounds overlap: the space's fixed order picks a, whatever the medians say.
+    best, rule = pick({a: _lat(0.25, 6000.0, 0.1), b: _lat(0.24, 6300.0, 0.1), c: _lat(0.25, 6000.0)})
+    assert best == a and "fixed order" in rule
+    # b beats a in every round: speed decides the tie.
+    best, rule = pick({a: _lat(0.25, 6000.0, 0.01), b: _lat(0.2, 7000.0, 0.01), c: _lat(0.25, 6000.0)})
+    assert best == b and "every round" in rule
+    # Only c is faster than FP32 beyond noise, and it is within the accuracy budget: c is written.
+    best, rule = pick({a: _lat(0.5, 3100.0, 0.2), b: _lat(0.5, 3100.0, 0.2), c: _lat(0.25, 6000.0)})
+    assert best == c and rule.startswith("the most accurate candidate measured faster")
 
 
 def _conv_model(widths: list[int]) -> onnx.ModelProto:
@@ -338,7 +371,7 @@ def test_measure_isolated_times_each_model_in_a_child_process(tmp_path):
 def test_quantize_pass_reports_and_falls_back_when_int8_is_slower(splits, teacher, tmp_path, monkeypatch):
     def slower_int8(models, images, batch, threads, progress):
         assert "fp32" in models and 1 <= len(models) - 1 <= 4
-        return {k: Latency(0.5, 3000.0, batch) if k == "fp32" else Latency(1.0, 1500.0, batch) for k in models}
+        return {k: _lat(0.5, 3000.0) if k == "fp32" else _lat(1.0, 1500.0) for k in models}
 
     monkeypatch.setattr(Quantize, "measure_latency", staticmethod(slower_int8))
     small = dataclasses.replace(splits, calibration=splits.calibration.subset(np.arange(100)),
@@ -361,8 +394,8 @@ def test_quantize_pass_deploys_a_faster_int8_candidate(splits, teacher, tmp_path
         # beat FP32, as measured on this CPU.
         def fast(k):
             return "-symmetric-" not in k and k.endswith("-int8")
-        return {k: Latency(0.5, 3000.0, batch) if k == "fp32" else
-                Latency(0.25, 6000.0, batch) if fast(k) else Latency(1.0, 1500.0, batch) for k in models}
+        return {k: _lat(0.5, 3000.0) if k == "fp32" else _lat(0.25, 6000.0) if fast(k) else _lat(1.0, 1500.0)
+                for k in models}
 
     monkeypatch.setattr(Quantize, "measure_latency", staticmethod(only_fusable_is_fast))
     small = dataclasses.replace(splits, calibration=splits.calibration.subset(np.arange(100)),

@@ -1,26 +1,47 @@
 """Atomic file writes: every artifact is written to a temporary name beside its target, then renamed.
 
-So a crash, a Ctrl-C or a failed check never leaves a half-written file under the final name.
+So a crash, a Ctrl-C, a full disk or a failed check never leaves a half-written file under the final name. A
+full disk is an environment problem, not a bug: it surfaces as a one-line :class:`CompressorError` naming the
+file being written.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from compressor.errors import CompressorError
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space_error(path: str | Path) -> CompressorError:
+    return CompressorError(f"no space left on device writing {path}; free space or choose another --out")
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path (same folder, same suffix) to write; it replaces ``path`` only on success."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".tmp" + path.suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise no_space_error(path) from None
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise no_space_error(path) from None
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -62,3 +83,14 @@ def path_problem(path: str | Path) -> str | None:
         if parent.exists() and not parent.is_dir():
             return f"is below {parent}, which is a file"
     return None
+
+
+def torch_save_atomic(obj: object, path: str | Path) -> Path:
+    """``torch.save`` atomically. Serialised in memory first: torch names the archive's root folder after the
+    file it writes (a random temporary name here, so two saves of one object would differ in bytes), and its
+    zip writer reports a full disk as a bare RuntimeError rather than an OSError."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_atomic(path, buf.getvalue())

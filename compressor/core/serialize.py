@@ -9,6 +9,7 @@ module a user's model came from), so no code from the file runs.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor.core.files import atomic_path
+from compressor.core.files import torch_save_atomic
 from compressor.errors import CompressorError
 
 FORMAT = "compressor-model/1"
@@ -67,10 +68,24 @@ def save_model(model: nn.Module, path: str | Path, meta: dict | None = None) -> 
     return path
 
 
+def model_digest(model: nn.Module) -> str:
+    """sha256 of what :func:`save_model` stores of a model: its module tree and every tensor's dtype, shape and
+    bytes. Two models with equal digests compute the same function."""
+    try:
+        tree = json.dumps(_describe(model), sort_keys=True)
+    except CompressorError:  # attributes the stage format cannot store: the module printout still names them
+        tree = str(model)
+    h = hashlib.sha256(tree.encode())
+    for key, value in model.state_dict().items():
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def atomic_torch_save(obj: object, path: Path) -> None:
-    """torch.save under a temporary name, renamed on success."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save under a temporary name, renamed on success (byte-identical for identical objects)."""
+    torch_save_atomic(obj, path)
 
 
 def _resolve(class_path: str, allowed: tuple[str, ...]) -> type:
@@ -112,7 +127,7 @@ def load_model(path: str | Path, allowed: tuple[str, ...] = DEFAULT_ALLOWED) -> 
         raise CompressorError(f"{path} is not a compressor model file")
     try:
         model = _build(json.loads(payload["tree"]), allowed)
-        model.load_state_dict(payload["state"])
+        model.load_state_dict(payload["state"], assign=True)  # the saved dtypes (e.g. int64 BN counters), not empty()'s float
         meta = json.loads(payload["meta"])
         if not isinstance(meta, dict):
             raise TypeError("its metadata is not a mapping")

@@ -1,20 +1,27 @@
 """The pipeline: load → passes → export → bench → report, driven by a recipe.
 
-Every stage's model is saved under ``stages/`` with a fingerprint of the recipe prefix that produced it, so
-``resume`` skips stages that are complete and intact. All inputs are checked before the output folder is touched.
+Every stage's model is saved under ``stages/`` and recorded, with the hashes of everything it was computed from,
+in the run manifest (:mod:`compressor.pipeline.manifest`), so ``resume`` reuses exactly the stages whose inputs
+are unchanged and whose files verify. All inputs are checked before the output folder is touched.
+
+Determinism: each stage starts from global RNG states derived from the recipe seed and the stage's index, so a
+stage computes the same whether the stages before it ran in this process or were reused from disk.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
+import random
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -22,10 +29,26 @@ from compressor.core.data import Preprocess, check_against_model, load_dataset, 
 from compressor.core.files import copy_atomic, path_problem
 from compressor.core.metrics import agreement, count_macs, count_params, predict, top1
 from compressor.core.models import load_user_model
-from compressor.core.serialize import load_model, save_model
+from compressor.core.serialize import load_model, model_digest, save_model
 from compressor.errors import CompressorError, GateFailed
 from compressor.passes import PASSES, Context
 from compressor.pipeline.gate import evaluate_gate
+from compressor.pipeline.manifest import NAME as MANIFEST
+from compressor.pipeline.manifest import (
+    Manifest,
+    StageEntry,
+    claim,
+    code_version,
+    data_digest,
+    list_files,
+    module_source_digest,
+    owned_name,
+    remove,
+    sha256_file,
+    sha256_json,
+    snapshot,
+    written_since,
+)
 from compressor.pipeline.recipe import Recipe, to_dict
 from compressor.pipeline.report import Report, StageRecord, versions, write_report
 from compressor.runtime.bench import BenchSettings, bench_onnx
@@ -43,17 +66,40 @@ def prepare_out_dir(out_dir: Path) -> None:
         raise CompressorError(f"output folder {out_dir} is not writable; choose another --out")
 
 
-def stage_fingerprint(recipe: Recipe, upto: int) -> str:
+def recipe_prefix(recipe: Recipe, upto: int) -> dict:
+    """What of the recipe a stage depends on: model and data settings, the seed and the passes up to it. File
+    paths are left out: the files' contents are hashed instead, so moving the data does not invalidate a stage."""
     d = to_dict(recipe)
-    key = {"model": d["model"], "data": d["data"], "seed": d["seed"], "passes": d["passes"][:upto]}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    model = {k: v for k, v in d["model"].items() if k != "weights"}
+    data = {k: v for k, v in d["data"].items() if k != "path"}
+    return {"model": model, "data": data, "seed": d["seed"], "passes": d["passes"][:upto]}
+
+
+def stage_seed(seed: int, index: int) -> int:
+    return int(hashlib.sha256(f"{seed}:{index}".encode()).hexdigest()[:8], 16)
+
+
+def seed_everything(seed: int) -> None:
+    """Reset the global RNGs a pass might draw from without its own generator (torch, NumPy, random)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def log_stderr(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
 
 
 class Pipeline:
     """Runs one recipe into one output folder."""
 
-    def __init__(self, recipe: Recipe, out_dir: str | Path, resume: bool = False, progress: bool = True):
+    def __init__(self, recipe: Recipe, out_dir: str | Path, resume: bool = False, progress: bool = True,
+                 force: bool = False, log: Callable[[str], None] = log_stderr):
+        """``resume``: reuse the verified stages of an earlier run in ``out_dir``. ``force``: delete compressor's
+        files in a non-empty ``out_dir`` first (others are kept). ``log``: where the lines saying which stages
+        are reused or re-run and why go (stderr by default, even without progress bars)."""
         self.recipe, self.out_dir, self.resume, self.progress = recipe, Path(out_dir), resume, progress
+        self.force, self.log = force, log
         self.preprocess = Preprocess(tuple(recipe.model.mean), tuple(recipe.model.std))
         self.input_shape = tuple(recipe.model.input_shape)
         self.bench = BenchSettings(recipe.bench.warmup, recipe.bench.duration, 10, recipe.bench.threads)
@@ -90,6 +136,44 @@ class Pipeline:
             if 64 in stats:
                 record.throughput_b64_img_s = stats[64]["throughput_img_s"]
 
+    def _input_hashes(self, allowed_modules: tuple[str, ...]) -> tuple[dict, dict]:
+        """(manifest inputs, the hashes every stage key includes): code, weights, model source, data."""
+        r = self.recipe
+        code = code_version()
+        weights = sha256_file(r.model.weights) if r.model.weights else "none"
+        source = module_source_digest(allowed_modules[-1])
+        data = data_digest(r.data.path)
+        inputs = {"weights": {"path": r.model.weights, "sha256": weights},
+                  "model": {"name": r.model.name, "source_sha256": source},
+                  "data": {"path": r.data.path, "sha256": data}, "recipe": to_dict(r)}
+        key = {"code": sha256_json({k: v for k, v in code.items() if k != "git_commit"}), "weights": weights,
+               "model": sha256_json([r.model.name, source]), "data": data}
+        return {"code": code, "inputs": inputs}, key
+
+    def _reuse(self, prev: Manifest, name: str, inputs: dict, allowed: tuple[str, ...]):  # noqa: ANN202
+        """The earlier run's (model, record, entry) of this stage when it may stand in for running it, else None
+        after logging why it is re-run."""
+        i = int(name[:2])
+        old = prev.stages[i - 1] if i <= len(prev.stages) else None
+        if old is None:
+            interrupted = prev.running is not None and prev.running.name == name
+            reason = "the earlier run stopped during it" if interrupted else "the earlier run did not complete it"
+        else:
+            reason = old.why_not_reusable(name, inputs, self.out_dir)
+        if reason is None:
+            try:
+                model, meta = load_model(self.out_dir / "stages" / f"{name}.pt", allowed)
+                if model_digest(model) == old.output:
+                    self.log(f"resume: reusing {name} (inputs unchanged, files verified)")
+                    return model, StageRecord(**meta["record"]), old
+                reason = f"stages/{name}.pt holds another model than the manifest records"
+            except (CompressorError, KeyError, TypeError):
+                reason = f"stages/{name}.pt cannot be read"
+        self.log(f"resume: re-running {name}: {reason}")
+        if old is not None:
+            remove(self.out_dir, old.files)
+        return None
+
     def run(self) -> Report:
         t_start = time.perf_counter()
         r = self.recipe
@@ -99,8 +183,27 @@ class Pipeline:
         dataset = load_dataset(r.data.path, progress=self.progress)
         check_against_model(dataset, loaded.outputs, self.input_shape)
         self.splits = make_splits(dataset, r.seed, r.data.validation, r.data.calibration, r.data.reference_per_class)
+        header, key = self._input_hashes(loaded.allowed_modules)
+
+        # The output folder: refuse to mix runs; on resume, drop what no stage to be verified accounts for.
+        prev, foreign = claim(self.out_dir, self.resume, self.force, self.log)
         stages_dir = self.out_dir / "stages"
         stages_dir.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(**header)
+        stale: set[str] = set()
+        if prev is not None:
+            kept = {f for s in prev.stages for f in s.files}
+            stale = {f for f in list_files(self.out_dir) if f not in foreign and f not in kept and owned_name(f)}
+            stale.discard(MANIFEST)
+            if prev.running is None:  # else they may be the interrupted stage's saved state, decided when it comes
+                remove(self.out_dir, stale)
+            # Until each is verified, the earlier stages stay listed: a run killed now leaves them reusable.
+            manifest.stages, manifest.running = list(prev.stages), prev.running
+            if foreign:
+                self.log(f"resume: keeping {len(foreign)} file(s) in {self.out_dir} that compressor did not write")
+        elif self.resume:
+            self.log(f"resume: {self.out_dir} holds no earlier run; running every stage")
+        manifest.save(self.out_dir)
 
         teacher = loaded.model
         ctx = Context(self.splits, teacher, self.preprocess, self.input_shape, self.out_dir, r.seed, self.progress)
@@ -114,34 +217,43 @@ class Pipeline:
             check_parity(path, model, self.splits.test, self.preprocess, reference=logits)
             return path
 
+        seed_everything(stage_seed(r.seed, 0))
         rec = StageRecord("teacher", "teacher")
         t0 = time.perf_counter()
         self._measure(rec, teacher, export_stage(teacher, "00_teacher", teacher_logits), teacher_logits, teacher_logits, None)
         rec.delta_top1, rec.seconds = 0.0, time.perf_counter() - t0
         report.stages.append(rec)
+        manifest.add(self.out_dir, ["stages/00_teacher.onnx"])
         teacher_top1 = rec.top1
 
         model: nn.Module = teacher
+        digest = model_digest(teacher)
         bar = tqdm(r.passes, desc="passes", disable=not self.progress)
         for i, spec in enumerate(bar, start=1):
             name = f"{i:02d}_{spec.name}"
             bar.set_postfix_str(spec.name)
             stage_file = stages_dir / f"{name}.pt"
-            fp = stage_fingerprint(r, i)
-            reused = None
-            if self.resume and stage_file.exists():
-                try:
-                    saved, meta = load_model(stage_file, loaded.allowed_modules)
-                    if meta.get("fingerprint") == fp:
-                        reused = (saved, meta)
-                except CompressorError:
-                    reused = None  # damaged: run the stage again
+            inputs = {**key, "recipe": sha256_json(recipe_prefix(r, i)), "input": digest}
+            done = manifest.stages[: i - 1]
+            reused = self._reuse(prev, name, inputs, loaded.allowed_modules) if prev is not None else None
             if reused is not None:
-                model, meta = reused
-                rec = StageRecord(**meta["record"])
+                model, rec, entry = reused
                 rec.details["resumed"] = True
                 report.stages.append(rec)
+                manifest.stages = done + [entry] + (prev.stages[i:] if prev is not None else [])
+                manifest.save(self.out_dir)
+                digest = entry.output
                 continue
+            if prev is not None and prev.running is not None and prev.running.name == name:
+                if prev.running.inputs == inputs:
+                    self.log(f"resume: {name} continues from the state it saved, where the pass keeps one")
+                else:
+                    remove(self.out_dir, stale - set(manifest.files))
+            seed_everything(stage_seed(r.seed, i))
+            later = prev.stages[i:] if prev is not None else []
+            manifest.stages, manifest.running = done + later, StageEntry(name, inputs)
+            manifest.save(self.out_dir)
+            before = snapshot(self.out_dir)
             t0 = time.perf_counter()
             result = PASSES[spec.name](spec.config).run(copy.deepcopy(model), ctx)
             model = result.model
@@ -158,8 +270,13 @@ class Pipeline:
                 path = export_stage(model, name, logits)
             self._measure(rec, model, path, logits, teacher_logits, teacher_top1)
             rec.seconds = seconds
-            save_model(model, stage_file, {"fingerprint": fp, "record": asdict(rec)})
+            save_model(model, stage_file, {"record": asdict(rec)})
             report.stages.append(rec)
+            digest = model_digest(model)
+            written = written_since(before, self.out_dir)
+            entry = StageEntry(name, inputs, digest, {f: sha256_file(self.out_dir / f) for f in written})
+            manifest.stages, manifest.running = done + [entry] + later, None
+            manifest.save(self.out_dir)
 
         # Exports of the final model.
         final_onnx = self.out_dir / "model.onnx"
@@ -171,6 +288,7 @@ class Pipeline:
         self._measure(exp, model, final_onnx, parity.ort_logits, teacher_logits, teacher_top1)
         exp.seconds = time.perf_counter() - t0
         report.stages.append(exp)
+        finals = ["model.onnx"]
         deployed_precision = "fp32"
         if "onnx_int8" in r.export:
             # The recipe parser refuses network-changing passes after the artifact's pass, so the last stage with
@@ -178,6 +296,7 @@ class Pipeline:
             q = next(s for s in reversed(report.stages) if s.artifact is not None)
             int8_path = self.out_dir / "model_int8.onnx"
             copy_atomic(self.out_dir / q.artifact["path"], int8_path)
+            finals.append(int8_path.name)
             row = StageRecord("export_onnx_int8", "export", q.top1, q.delta_top1, q.agreement, q.params, q.macs,
                               str(int8_path.name), q.onnx_size_mb, q.latency_b1_p50_ms, q.throughput_b64_img_s)
             report.stages.append(row)
@@ -188,11 +307,21 @@ class Pipeline:
 
             precision = "int8" if deployed_precision == "int8" else "fp16"
             engine = build_engine(deployed, self.out_dir / "model.engine", precision=precision)
+            finals.append(engine.name)
             report.stages.append(StageRecord("export_tensorrt", "export", details={"engine": engine.name, "precision": precision}))
         report.deployed = deployed.name
         report.gate = evaluate_gate(report, r.budget)
         report.wall_seconds = time.perf_counter() - t_start
         write_report(report, self.out_dir)
+        manifest.add(self.out_dir, finals + ["report.json", "report.md", "accuracy_latency.png"])
+        # Whatever of the earlier run this one neither reused nor rewrote (stages the recipe no longer has, an
+        # interrupted stage's state) goes, so the folder holds one run.
+        manifest.stages = manifest.stages[: len(r.passes)]
+        manifest.save(self.out_dir)
+        leftovers = stale | ({f for s in prev.stages for f in s.files} if prev is not None else set())
+        remove(self.out_dir, sorted(leftovers - set(manifest.files)))
+        manifest.complete = True
+        manifest.save(self.out_dir)
         if not report.gate_passed:
             failed = [g for g in report.gate if not g.passed]
             raise GateFailed("; ".join(

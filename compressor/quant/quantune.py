@@ -51,7 +51,9 @@ class QuantizeConfig:
     best validation top-1 (plus, on ort-cpu, the best fully fusable one) are timed against FP32.
     speed_accuracy_budget: points of validation top-1 the pass may give up for an INT8 model that is faster
     than FP32; the most accurate such candidate is written, else the most accurate candidate.
-    fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on ORT-CPU.
+    fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on ORT-CPU. "Faster" means beyond
+    the measured noise (every timed round); a speed-up within the noise counts as not faster
+    (:mod:`compressor.quant.selection`), so jitter within the noise does not decide the written or deployed model.
     min_speedup / latency_batch / threads: the speed-up INT8 must reach at batch 1 and at ``latency_batch``,
     timed with that many ORT intra-op threads, each model in its own process (``measure_isolated``)."""
 
@@ -117,7 +119,7 @@ class Quantune:
                                      progress=ctx.progress)
         lat = {cfg: timed[f"int8:{cfg.key()}"] for cfg in pool}
         checks = {cfg: speed_check(timed["fp32"], lat[cfg], c.min_speedup) for cfg in pool}
-        best = choose(pool, problem.results, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance)
+        best, choice_rule = choose(pool, problem.results, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance)
         qdq, speed = models[f"int8:{best.key()}"], checks[best]
         with atomic_path(ctx.out_dir / "quantized_int8.onnx") as tmp:
             onnx.save(qdq, tmp)
@@ -128,6 +130,7 @@ class Quantune:
         record = {
             "target": c.target,
             "int8_config": best.as_dict(),
+            "choice_rule": choice_rule,
             "float_layers": problem.float_layers(best),
             "val_top1": problem.results[best],
             "latency_candidates": {cfg.key(): {**lat[cfg].as_dict(), "val_top1": problem.results[cfg]} for cfg in pool},
@@ -140,9 +143,10 @@ class Quantune:
             "deploy": deploy,
         }
         if not speed["int8_faster"]:
+            why = "within the measured noise" if speed["speed_verdict"] == "within noise" else "measured in every round"
             record["speed_note"] = (
-                f"INT8 is not faster than FP32 on ORT-CPU here (throughput x{speed['throughput_speedup']}, batch-1 "
-                f"x{speed['batch1_speedup']}); deploying {deploy.upper()}"
+                f"INT8 is not faster than FP32 on ORT-CPU here ({why}; median throughput x{speed['throughput_speedup']}, "
+                f"batch-1 x{speed['batch1_speedup']}); deploying {deploy.upper()}"
                 + ("" if c.target == "ort-cpu" else " (the tensorrt target is not judged by ORT-CPU speed)")
             )
         if c.target == "tensorrt":

@@ -1,7 +1,9 @@
 """Which INT8 configuration the quantize pass writes, and whether it is worth deploying on the target.
 
-Decisions rest on seeded, deterministic quantities (validation top-1, the space's fixed order); a measured
-latency decides only where it differs beyond its own noise, so timing jitter never picks the artifact.
+Decisions rest on seeded, deterministic quantities (validation top-1, the space's fixed order). A measured
+latency decides only where it differs beyond its own noise: every measured round of one model must beat every
+round of the other (non-overlapping per-round spreads). Where the spreads overlap a fixed rule decides, so timing
+jitter never picks the artifact; each decision records which rule made it.
 """
 
 from __future__ import annotations
@@ -9,16 +11,44 @@ from __future__ import annotations
 from compressor.quant.space import QuantConfig
 from compressor.runtime.latency import Latency
 
+FASTER, NOT_FASTER, WITHIN_NOISE = "faster", "not faster", "within noise"
+
+
+def _verdict(low: float, high: float, need: float) -> str:
+    """A speed-up known only to lie in [low, high] (over all pairs of rounds) against the speed-up needed."""
+    return FASTER if low >= need else NOT_FASTER if high < need else WITHIN_NOISE
+
+
+def speedup_verdict(fp32: Latency, int8: Latency, min_speedup: float = 1.0) -> str:
+    """``faster`` when INT8 reaches ``min_speedup`` over FP32 in batch throughput and batch-1 latency in every
+    pair of measured rounds; ``not faster`` when it misses on either in every pair; else ``within noise`` (also
+    when rounds were not kept, so no spread is known)."""
+    if None in (fp32.throughput_range, int8.throughput_range, fp32.batch1_range, int8.batch1_range):
+        return WITHIN_NOISE
+    throughput = _verdict(int8.throughput_range[0] / fp32.throughput_range[1],
+                          int8.throughput_range[1] / fp32.throughput_range[0], min_speedup)
+    batch1 = _verdict(fp32.batch1_range[0] / int8.batch1_range[1], fp32.batch1_range[1] / int8.batch1_range[0],
+                      min_speedup)
+    if NOT_FASTER in (throughput, batch1):
+        return NOT_FASTER
+    return FASTER if throughput == batch1 == FASTER else WITHIN_NOISE
+
 
 def speed_check(fp32: Latency, int8: Latency, min_speedup: float = 1.0) -> dict:
-    """Is INT8 faster than FP32? Judged on batch throughput and batch-1 latency; both must beat ``min_speedup``."""
-    throughput_x = int8.throughput / fp32.throughput
-    latency_x = fp32.batch1_ms / int8.batch1_ms
-    faster = throughput_x >= min_speedup and latency_x >= min_speedup
+    """Is INT8 faster than FP32 beyond the measured noise? ``int8_faster`` only when :func:`speedup_verdict` says
+    ``faster``; a speed-up within the noise counts as not faster (the fixed rule), and ``speed_rule`` says
+    which applied. The speed-ups themselves are ratios of medians, for the report."""
+    verdict = speedup_verdict(fp32, int8, min_speedup)
+    rule = {FASTER: f"measured: INT8 reached x{min_speedup:g} FP32's speed in every round",
+            NOT_FASTER: f"measured: INT8 missed x{min_speedup:g} FP32's speed in every round",
+            WITHIN_NOISE: f"fixed rule: a speed-up not beyond the measured noise of x{min_speedup:g} counts as not "
+                          "faster"}[verdict]
     return {
-        "int8_faster": bool(faster),
-        "throughput_speedup": round(throughput_x, 3),
-        "batch1_speedup": round(latency_x, 3),
+        "int8_faster": verdict == FASTER,
+        "speed_verdict": verdict,
+        "speed_rule": rule,
+        "throughput_speedup": round(int8.throughput / fp32.throughput, 3),
+        "batch1_speedup": round(fp32.batch1_ms / int8.batch1_ms, 3),
         "fp32": fp32.as_dict(),
         "int8": int8.as_dict(),
     }
@@ -45,19 +75,24 @@ def latency_pool(results: dict[QuantConfig, float], target: str, tolerance: floa
 
 
 def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: dict[QuantConfig, Latency],
-           checks: dict[QuantConfig, dict], speed_accuracy_budget: float, tolerance: float) -> QuantConfig:
-    """The most accurate candidate measured faster than FP32 within ``speed_accuracy_budget`` points of the best
-    (else the most accurate candidate). Among equally accurate ones a candidate wins on speed only when it is
-    clearly faster than every other; otherwise the space's fixed order decides."""
+           checks: dict[QuantConfig, dict], speed_accuracy_budget: float, tolerance: float) -> tuple[QuantConfig, str]:
+    """The most accurate candidate measured faster than FP32 beyond noise within ``speed_accuracy_budget`` points
+    of the best (else the most accurate candidate). Among equally accurate ones a candidate wins on speed only
+    when it is clearly faster than every other; otherwise the space's fixed order decides. Returns the choice
+    and the rule that made it."""
     best_acc = max(results.values())
     fast = [c for c in pool if checks[c]["int8_faster"]
             and results[c] >= best_acc - max(speed_accuracy_budget, tolerance)]
     ranked = sorted(fast or pool, key=lambda c: (-results[c], c))
+    basis = ("the most accurate candidate measured faster than FP32 beyond noise" if fast else
+             "the most accurate candidate (none measured faster than FP32 beyond noise)")
     tied = [c for c in ranked if results[c] == results[ranked[0]]]
+    if len(tied) == 1:
+        return tied[0], basis
     for c in tied:
         if all(latency[c].clearly_faster(latency[o]) for o in tied if o != c):
-            return c
-    return tied[0]
+            return c, f"{basis}; among {len(tied)} equally accurate, the one faster than the others in every round"
+    return tied[0], f"{basis}; among {len(tied)} equally accurate within noise, the first in the space's fixed order"
 
 
 def deployment(int8_faster: bool, fallback_to_fp32_if_slower: bool) -> str:

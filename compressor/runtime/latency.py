@@ -26,12 +26,14 @@ from compressor.runtime.sessions import ort_session
 
 @dataclass
 class Latency:
-    """Batch-1 median latency and batch-N throughput of one model."""
+    """Batch-1 median latency and batch-N throughput of one model, with the spread over rounds when rounds were
+    kept (comparisons beyond noise need them)."""
 
     batch1_ms: float
     throughput: float  # images per second at ``batch``
     batch: int
-    throughput_range: tuple[float, float] | None = None  # slowest and fastest round, when rounds were kept
+    throughput_range: tuple[float, float] | None = None  # slowest and fastest round
+    batch1_range: tuple[float, float] | None = None  # fastest and slowest round's median batch-1 latency, ms
 
     def clearly_faster(self, other: Latency) -> bool:
         """Faster beyond the measured noise: this model's slowest round beats the other's fastest."""
@@ -94,6 +96,7 @@ def measure_isolated(
     out = {}
     for i, k in enumerate(models):
         per_round = [batch * 1e3 / ms for ms in measured[batch][i][2]]
+        per_round1 = measured[1][i][2]
         out[k] = Latency(float(np.median(measured[1][i][0])), float(batch * 1e3 / np.median(measured[batch][i][0])),
-                         batch, (min(per_round), max(per_round)))
+                         batch, (min(per_round), max(per_round)), (min(per_round1), max(per_round1)))
     return out
