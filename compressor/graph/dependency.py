@@ -113,7 +113,7 @@ class DependencyGraph:
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
         self.model = model
         self.input_shape = tuple(input_shape)
-        gm = trace(model, "analyse the channels of")
+        gm = trace(model, "analyse the channels of", self.input_shape)
         modes = {m: m.training for m in model.modules()}
         model.eval()
         try:
