@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor.core.serialize import DEFAULT_ALLOWED, FORMAT, load_model
+from compressor.core.serialize import DEFAULT_ALLOWED, FORMAT, Factory, load_model
 from compressor.core.zoo import ZOO
 from compressor.errors import CompressorError
 
@@ -26,6 +26,7 @@ from compressor.errors import CompressorError
 class LoadedModel:
     model: nn.Module
     allowed_modules: tuple[str, ...]  # module prefixes whose classes saved stages may instantiate
+    factory: Factory | None = None  # the user's model factory, which saved stages may rebuild attributes from
 
 
 def _import_callable(spec: str) -> tuple[object, str]:
@@ -53,6 +54,12 @@ def _import_callable(spec: str) -> tuple[object, str]:
     if not hasattr(module, attr):
         raise CompressorError(f"{target} has no attribute {attr!r} for --model")
     return getattr(module, attr), module.__name__
+
+
+def _factory_spec(spec: str) -> str:
+    """``spec`` with a file path made absolute, so a resumed run from another folder names the same factory."""
+    target, _, attr = spec.rpartition(":")
+    return f"{Path(target).resolve()}:{attr}" if target.endswith(".py") else spec
 
 
 def _check_state_dict(model: nn.Module, state: dict, source: str) -> None:
@@ -99,18 +106,21 @@ def load_user_model(
     """Build and check the model named on the command line or in the recipe."""
     allowed = DEFAULT_ALLOWED
     net: nn.Module | None = None
+    factory: Factory | None = None
     if model:
         if model in ZOO:
             net = ZOO[model]()
         else:
-            factory, module_name = _import_callable(model)
+            factory_fn, module_name = _import_callable(model)
             try:
-                net = factory()
+                net = factory_fn()
             except Exception as exc:
                 raise CompressorError(f"calling {model} failed: {type(exc).__name__}: {exc}") from None
             if not isinstance(net, nn.Module):
                 raise CompressorError(f"{model} returned {type(net).__name__}, not an nn.Module")
             allowed = allowed + (module_name + ".", module_name)
+            factory = Factory(_factory_spec(model), factory_fn)
+            factory.remember(net)
     if weights:
         path = Path(weights)
         if not path.is_file():
@@ -129,7 +139,7 @@ def load_user_model(
         if isinstance(state, nn.Module):
             net = state
         elif isinstance(state, dict) and state.get("format") == FORMAT:
-            net, _ = load_model(path, allowed)
+            net, _ = load_model(path, allowed, factory)
         elif isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, nn.Module) and not (isinstance(state, dict) and state.get("format") == FORMAT):
@@ -144,4 +154,4 @@ def load_user_model(
     check_finite(net, weights or model or "model")
     if input_shape is not None:
         check_input_shape(net, input_shape, model or weights)
-    return LoadedModel(net.eval(), allowed)
+    return LoadedModel(net.eval(), allowed, factory)

@@ -132,7 +132,7 @@ class Pipeline:
             reused = None
             if self.resume and stage_file.exists():
                 try:
-                    saved, meta = load_model(stage_file, loaded.allowed_modules)
+                    saved, meta = load_model(stage_file, loaded.allowed_modules, loaded.factory)
                     if meta.get("fingerprint") == fp:
                         reused = (saved, meta)
                 except CompressorError:
@@ -159,7 +159,7 @@ class Pipeline:
                 path = export_stage(model, name, logits)
             self._measure(rec, model, path, logits, teacher_logits, teacher_top1)
             rec.seconds = seconds
-            save_model(model, stage_file, {"fingerprint": fp, "record": asdict(rec)})
+            save_model(model, stage_file, {"fingerprint": fp, "record": asdict(rec)}, loaded.factory)
             report.stages.append(rec)
 
         # Exports of the final model.
