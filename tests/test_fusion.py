@@ -385,10 +385,50 @@ def test_untraceable_model_raises_clear_error():
     model = DataDependent().eval()
     with pytest.raises(CompressorError, match="torch.fx could not trace"):
         fold_batchnorm(model)
+    with pytest.raises(CompressorError, match=r"even on a real input of shape \(3, 8, 8\).*tensor values"):
+        fold_batchnorm(model, (3, 8, 8))  # a real input does not help control flow on values
     before = _structure(model)
     with pytest.warns(UserWarning, match="Tune mode disabled"), tune_mode(model) as state:
         assert state.pairs == []
     assert _structure(model) == before
+
+
+class ShapeDependent(nn.Module):
+    """Public model code: the stem depends on the input size, the head reads the batch size from the tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.small, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.large = nn.Conv2d(3, 4, 7, stride=2, padding=3)
+        self.bn1d = nn.BatchNorm1d(4)
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = x.shape[2]
+        out = F.relu(self.bn(self.small(x) if h <= 64 else self.large(x)))
+        n, c = out.shape[:2]
+        out = F.batch_norm(out.mean((2, 3)), self.bn1d.running_mean, self.bn1d.running_var, training=self.training)
+        return self.linear(out.reshape(n, c) if x.dim() == 4 else out)
+
+
+def test_shape_dependent_forward_is_traced_on_the_input_shape(batch):
+    from compressor.graph.trace import trace
+
+    model = _randomise_bn(ShapeDependent()).train()
+    with pytest.raises(CompressorError, match="torch.fx could not trace"):
+        trace(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gm = trace(model, "analyse", (3, 32, 32))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # tracing ran but changed nothing
+    assert {n.target for n in gm.graph.nodes if n.op == "call_module"} == {"small", "bn", "linear"}
+    model.eval()
+    x = batch[0][:5]
+    assert torch.equal(trace(model, "analyse", (3, 32, 32))(x), model(x))  # batch 5: the batch size stays symbolic
+    plan = plan_folding(model, (3, 32, 32))
+    assert [(p.producer, p.bn) for p in plan.pairs] == [("small", "bn")]
+    expected = model(x)
+    fold_batchnorm(model, (3, 32, 32))
+    assert isinstance(model.bn, nn.Identity) and (model(x) - expected).abs().max().item() < 1e-5
 
 
 def test_fold_bn_pass_is_registered(teacher):

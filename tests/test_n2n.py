@@ -101,6 +101,35 @@ def test_plain_chain_removes_only_shape_preserving_convs():
     assert child(torch.zeros(2, *INPUT)).shape == (2, 10)
 
 
+def test_residual_blocks_are_found_from_the_graph_not_attribute_names():
+    from .gallery import build
+
+    # Plain `+`/`+=` joins, an identity shortcut that is a lambda or an empty Sequential, projection shortcuts.
+    model = build("lambda_resnet")
+    table = describe_layers(model, input_shape=INPUT)
+    assert table.skips == {"layer1.0": None, "layer1.1": None, "layer2.0": "layer2.0.shortcut", "layer2.1": None}
+    child = remove_units(model, table, ["layer1.0", "layer2.0"])
+    assert isinstance(child.layer1[0], nn.Identity)
+    assert type(child.layer2[0]) is nn.Sequential and len(child.layer2[0]) == 2  # the conv + BN projection
+    assert child(torch.zeros(2, *INPUT)).shape == (2, 10)
+    assert describe_layers(build("resnext"), input_shape=INPUT).skips == {
+        "layers.0": "layers.0.shortcut", "layers.1": None, "layers.2": "layers.2.shortcut"}
+    assert describe_layers(build("mobilenetv2"), input_shape=INPUT).skips == {"blocks.0": None, "blocks.2": None}
+    # A concatenation, a gate, or a sum followed by more layers is not a block whose removal leaves a shortcut.
+    for name in ("densenet", "senet", "googlenet"):
+        assert describe_layers(build(name), input_shape=INPUT).skips == {}
+
+    class SumThenConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(x + self.a(x))
+
+    assert describe_layers(nn.Sequential(SumThenConv(), nn.Flatten(), nn.Linear(3072, 10))).skips == {}
+
+
 def test_reward_formula_edge_cases():
     assert compression_reward(80.0, 80.0, 100, 100) == 0.0
     assert compression_reward(80.0, 80.0, 0, 100) == 1.0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from compressor.core.data import Preprocess, load_dataset, make_splits
@@ -91,6 +93,67 @@ def test_lrp_conserves_relevance(residual):
         assert torch.allclose(totals["conv3"], torch.ones(6), atol=1e-4)
     assert torch.equal(model(x), before)  # canonizer undone, hooks removed, original untouched
     assert not model.bn1.eps == 0
+
+
+class _PlainJoins(_Chain):
+    """_Chain as users write it: the residual is a plain ``c + a`` (or ``torch.add``, ``+=``), or the two
+    branches are concatenated (``torch.cat``) into a wider conv, with functional ReLUs."""
+
+    def __init__(self, join: str):
+        super().__init__(residual=True)
+        self.join = join
+        if join == "cat":
+            self.conv4 = nn.Conv2d(16, 8, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.bn1(self.conv1(x)))
+        b = torch.relu(self.bn2(self.conv2(a)))
+        c = self.bn3(self.conv3(b))
+        if self.join == "plus":
+            c = c + a
+        elif self.join == "torch.add":
+            c = torch.add(a, c)
+        elif self.join == "iadd":
+            c += a
+        else:
+            c = self.conv4(F.relu(torch.cat([c, a], 1)))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(F.relu(c), 1), 1))
+
+
+@pytest.mark.parametrize("join", ["plus", "torch.add", "iadd", "cat"])
+def test_lrp_canonizer_conserves_relevance_at_plain_joins(join, monkeypatch):
+    torch.manual_seed(0)
+    model = _random_bn(_PlainJoins(join))
+    pre = Preprocess()
+    x = pre((np.random.default_rng(0).random((6, 8, 8, 3)) * 255).astype(np.uint8))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every join and call is known: no warning
+        captured, r_in = lrp.relevance_at_convs(model, x, labels, *pre.bounds(), return_input=True)
+    assert torch.allclose(r_in.sum(dim=(1, 2, 3)), torch.ones(6), atol=1e-4)
+    if join != "cat":  # the same relevance, layer by layer, as the zoo-style model with an Add module
+        reference = _Chain(residual=True)
+        reference.load_state_dict(model.state_dict())
+        expected, r_ref = lrp.relevance_at_convs(reference.eval(), x, labels, *pre.bounds(), return_input=True)
+        assert torch.allclose(r_in, r_ref, atol=1e-6)
+        assert all(torch.allclose(captured[k].score("none"), expected[k].score("none"), atol=1e-6) for k in expected)
+    # Without the canonizer the gradient hands the whole relevance to both summands.
+    monkeypatch.setattr(lrp, "canonize_joins", lambda model, shape: model)
+    _, r_plain = lrp.relevance_at_convs(model, x, labels, *pre.bounds(), return_input=True)
+    if join != "cat":
+        assert (r_plain.sum(dim=(1, 2, 3)) - 1).abs().min() > 0.1
+
+
+def test_lrp_warns_about_functional_calls_without_a_rule():
+    class Scaled(_Chain):
+        def forward(self, x):
+            a = self.relu1(self.bn1(self.conv1(x)))
+            return self.linear(self.flatten(self.pool(torch.exp(a) * 0.5)))
+
+    pre = Preprocess()
+    x = pre((np.random.default_rng(0).random((2, 8, 8, 3)) * 255).astype(np.uint8))
+    with pytest.warns(UserWarning, match=r"no rule for functional call\(s\) exp \(exp\), mul \(mul\)"):
+        lrp.relevance_at_convs(Scaled(False).eval(), x, torch.tensor([0, 1]), *pre.bounds())
 
 
 def test_planted_zero_filter_is_least_relevant(resnet20, splits):

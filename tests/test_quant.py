@@ -152,6 +152,43 @@ def test_shortcut_conv_after_pruning_with_uneven_padding(teacher, splits, tmp_pa
     assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.9
 
 
+class _SharedReaders(torch.nn.Module):
+    """The RGB input read by three convs (inception branches), a 6-channel tensor read by a 1×1 conv, its 1×1
+    projection and a grouped 3×3 (a ResNeXt block), and one conv called twice: every reader needs padding to 4
+    or 8 input channels, but each tensor and weight must be padded once."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.b1, self.b2, self.b3 = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 2, 3, padding=1), nn.Conv2d(3, 2, 1)
+        self.conv, self.proj, self.grouped = nn.Conv2d(6, 6, 1), nn.Conv2d(6, 6, 1), nn.Conv2d(6, 6, 3, padding=1, groups=2)
+        self.shared, self.linear = nn.Conv2d(6, 6, 3, padding=1), nn.Linear(6, 10)
+
+    def forward(self, x):
+        x = torch.relu(torch.cat([self.b1(x), self.b2(x), self.b3(x)], 1))
+        x = torch.relu(self.conv(x) + self.proj(x) + self.grouped(x))
+        x = torch.relu(self.shared(torch.relu(self.shared(x))))
+        return self.linear(x.mean((2, 3)))
+
+
+def test_tensors_read_by_several_convs_are_padded_once(splits, tmp_path):
+    torch.manual_seed(0)
+    path = export_onnx(_SharedReaders().eval(), tmp_path / "shared.onnx", (3, 32, 32))
+    problem = QuantProblem(onnx.load(path), splits.calibration, splits.validation, Preprocess())
+    qdq = problem.build(QuantConfig(1000, "max", "asymmetric", "per_channel", "int8"))
+    onnx.checker.check_model(qdq, full_check=True)
+    names = [n.name for n in qdq.graph.node]
+    assert len(names) == len(set(names)), collections.Counter(names).most_common(2)
+    # One Pad each for the input, the concatenation and the shared conv's two inputs; its weight padded once.
+    assert collections.Counter(n.op_type for n in qdq.graph.node)["Pad"] == 4
+    weights = [numpy_helper.to_array(i).shape for i in qdq.graph.initializer if i.name.endswith("_quantized")]
+    assert sorted(w[1] for w in weights if len(w) == 4) == [3, 4, 4, 4, 8, 8, 8], weights
+    x = Preprocess()(splits.validation.images[:64]).numpy()
+    int8, fp32 = _outputs((qdq, problem.float_model), x)
+    assert np.abs(int8 - fp32).max() < 0.05 * np.abs(fp32).max()
+    assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.9
+
+
 def test_power_of_two_scales(problem, splits, fp32_val):
     qdq = problem.build(QuantConfig(1000, "max", "power_of_two", "per_channel", "int8"))
     scales = [numpy_helper.to_array(i) for i in qdq.graph.initializer if i.name.endswith("scale")]

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor.core.serialize import DEFAULT_ALLOWED, FORMAT, load_model
+from compressor.core.serialize import DEFAULT_ALLOWED, FORMAT, Factory, load_model
 from compressor.core.zoo import ZOO
 from compressor.errors import CompressorError
 
@@ -28,6 +28,7 @@ class LoadedModel:
     model: nn.Module
     allowed_modules: tuple[str, ...]  # module prefixes whose classes saved stages may instantiate
     outputs: int | None = None  # logits per image (the number of classes), when the input shape was checked
+    factory: Factory | None = None  # the user's model factory, which saved stages may rebuild attributes from
 
 
 def _exited(what: str, exc: SystemExit) -> CompressorError:
@@ -62,6 +63,12 @@ def _import_callable(spec: str) -> tuple[object, str]:
     if not hasattr(module, attr):
         raise CompressorError(f"{target} has no attribute {attr!r} for --model")
     return getattr(module, attr), module.__name__
+
+
+def _factory_spec(spec: str) -> str:
+    """``spec`` with a file path made absolute, so a resumed run from another folder names the same factory."""
+    target, _, attr = spec.rpartition(":")
+    return f"{Path(target).resolve()}:{attr}" if target.endswith(".py") else spec
 
 
 def _check_state_dict(model: nn.Module, state: dict, source: str) -> None:
@@ -149,13 +156,14 @@ def load_user_model(
     """Build and check the model named on the command line or in the recipe."""
     allowed = DEFAULT_ALLOWED
     net: nn.Module | None = None
+    factory: Factory | None = None
     if model:
         if model in ZOO:
             net = ZOO[model]()
         else:
-            factory, module_name = _import_callable(model)
+            factory_fn, module_name = _import_callable(model)
             try:
-                net = factory()
+                net = factory_fn()
             except SystemExit as exc:
                 raise _exited(f"model factory {model}", exc) from None
             except Exception as exc:
@@ -163,6 +171,8 @@ def load_user_model(
             if not isinstance(net, nn.Module):
                 raise CompressorError(f"{model} returned {type(net).__name__}, not an nn.Module")
             allowed = allowed + (module_name + ".", module_name)
+            factory = Factory(_factory_spec(model), factory_fn)
+            factory.remember(net)
     if weights:
         path = Path(weights)
         if path.is_dir():
@@ -173,7 +183,7 @@ def load_user_model(
         if isinstance(state, nn.Module):
             net = state
         elif isinstance(state, dict) and state.get("format") == FORMAT:
-            net, _ = load_model(path, allowed)
+            net, _ = load_model(path, allowed, factory)
         elif isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, nn.Module) and not (isinstance(state, dict) and state.get("format") == FORMAT):
@@ -187,4 +197,4 @@ def load_user_model(
         raise CompressorError("no model given: pass --model (zoo name or module:callable) and/or --weights")
     check_finite(net, weights or model or "model")
     outputs = None if input_shape is None else check_input_shape(net, input_shape, model or weights)
-    return LoadedModel(net.eval(), allowed, outputs)
+    return LoadedModel(net.eval(), allowed, outputs, factory)

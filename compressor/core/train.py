@@ -153,7 +153,8 @@ def distill(
     order, pos = rng.permutation(len(data)), 0
     bf16 = config.precision == "bf16"
     models = (student,) if cached_logits is not None else (student, teacher)  # a cached teacher is not run
-    with tune_mode(student, enabled=config.tune_mode and frozen), _precision(config.precision, *models) as layouts:
+    shape = tuple(preprocess(data.images[:1]).shape[1:])  # lets Tune mode trace a shape-dependent forward
+    with tune_mode(student, config.tune_mode and frozen, shape), _precision(config.precision, *models) as layouts:
         s_layout, t_layout = layouts[0], layouts[-1]
         for _ in tqdm(range(config.steps), desc=desc, disable=not progress, leave=False):
             if pos + config.batch_size > len(order):

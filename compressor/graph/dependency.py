@@ -13,7 +13,8 @@ that must disappear together:
 * BatchNorm, element-wise activations with f(0) = 0, pooling, Identity and Dropout keep channels;
 * an addition (``Add`` module, ``a + b``, ``torch.add``) unites the slots of its inputs and its output;
 * ``ChannelPadShortcut`` maps input channel c to output channel c + left; its padding channels are always zero;
-* ``torch.cat`` on dim 1 offsets channels; flatten of an (N, C, 1, 1) tensor keeps them; Linear consumes them.
+* ``torch.cat`` on dim 1 offsets channels; flattening (N, C, H, W) to (N, C·H·W) maps channel c to its H·W
+  features; Linear consumes them.
 
 Slots that reach the graph input or output, or pass through anything not listed, make their whole group
 unprunable. Because removed channels are exactly zero in a masked model (conv filter, bias and BN affine
@@ -113,7 +114,7 @@ class DependencyGraph:
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
         self.model = model
         self.input_shape = tuple(input_shape)
-        gm = trace(model, "analyse the channels of")
+        gm = trace(model, "analyse the channels of", self.input_shape)
         modes = {m: m.training for m in model.modules()}
         model.eval()
         try:
@@ -220,8 +221,8 @@ class DependencyGraph:
             self._block(node)
         elif isinstance(m, _KEEP_MODULES) and len(args) == 1 and self._keep(args[0], node):
             pass
-        elif type(m) is nn.Flatten and len(args) == 1 and _is_channel_flatten(args[0], node):
-            self._keep(args[0], node)
+        elif type(m) is nn.Flatten and len(args) == 1 and self._flatten(args[0], node):
+            pass
         elif type(m) is Add and len(args) == len(node.args) == 2:
             self._join(node, args)
         elif type(m) is ChannelPadShortcut and len(args) == 1:
@@ -236,8 +237,8 @@ class DependencyGraph:
             self._join(node, args)
         elif fn in _KEEP_FUNCTIONS and len(args) == 1 and node.args[0] is args[0] and self._keep(args[0], node):
             pass
-        elif fn is torch.flatten and len(args) == 1 and _is_channel_flatten(args[0], node):
-            self._keep(args[0], node)
+        elif fn is torch.flatten and len(args) == 1 and self._flatten(args[0], node):
+            pass
         elif fn is torch.cat and _cat_dim(node) == 1 and all(a in self._base for a in node.args[0]):
             offset = 0
             for part in node.args[0]:
@@ -254,12 +255,23 @@ class DependencyGraph:
             self._unknown(node)
         elif node.target in _KEEP_METHODS and self._keep(src, node):
             pass
-        elif node.target in _FLATTEN_METHODS and _is_channel_flatten(src, node):
-            self._keep(src, node)
+        elif node.target in _FLATTEN_METHODS and self._flatten(src, node):
+            pass
         elif node.target == "mean" and _spatial_mean(node) and self._keep(src, node):
             pass
         else:
             self._unknown(node)
+
+    def _flatten(self, src: fx.Node, dst: fx.Node) -> bool:
+        """(N, C, *S) → (N, C·|S|): channel c becomes features c·|S| … (c+1)·|S| − 1 (a VGG head); False otherwise."""
+        s, d = src.meta["tensor_meta"].shape, dst.meta["tensor_meta"].shape
+        per = int(torch.Size(s[2:]).numel()) if len(s) >= 2 else 0
+        if len(d) != 2 or len(s) < 2 or d[1] != s[1] * per or src not in self._base or dst not in self._base:
+            return False
+        for c in range(s[1]):
+            for k in range(per):
+                self._uf.union(self._slot(src, c), self._slot(dst, c * per + k))
+        return True
 
     def _join(self, node: fx.Node, args: list[fx.Node]) -> None:
         shapes = {tuple(a.meta["tensor_meta"].shape[1:]) for a in args}
@@ -363,9 +375,6 @@ def _has_channel_state(m: nn.Module) -> bool:
     )
 
 
-def _is_channel_flatten(src: fx.Node, dst: fx.Node) -> bool:
-    s, d = src.meta["tensor_meta"].shape, dst.meta["tensor_meta"].shape
-    return len(d) == 2 and len(s) >= 2 and s[1] == d[1] and all(x == 1 for x in s[2:])
 
 
 def _cat_dim(node: fx.Node) -> int | None:

@@ -63,15 +63,16 @@ def _out_channels(producer: nn.Module) -> int:
     return producer.out_features if isinstance(producer, nn.Linear) else producer.out_channels
 
 
-def plan_folding(model: nn.Module) -> FoldPlan:
+def plan_folding(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> FoldPlan:
     """Find every producer → BatchNorm pair that can be folded without changing what the model computes.
 
     A pair qualifies when each module sits at exactly one attribute path and is called exactly once, the BN has
     running statistics, its only input is the producer's output, that output has no other consumer, and the
     channel counts match. Linear → BatchNorm1d assumes (N, C) inputs, the usual classifier-head layout.
-    Raises :class:`CompressorError` when the model cannot be traced by torch.fx.
+    Raises :class:`CompressorError` when the model cannot be traced by torch.fx (``input_shape`` lets the tracer
+    follow a forward that branches on the input's shape, see :mod:`compressor.graph.trace`).
     """
-    graph = trace(model, "fold BatchNorm in").graph
+    graph = trace(model, "fold BatchNorm in", input_shape).graph
     # A module registered under two names is called through either; rewriting one path would miss the other.
     paths: dict[int, list[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
@@ -161,21 +162,21 @@ def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> nn.Module:
+def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """Deploy mode (You et al., ICLR 2024): fold every foldable BatchNorm into its producer, in place.
 
     Each folded BN becomes ``nn.Identity`` and its producer gets W' = W·s and b' = (b − μ)·s + β (a bias is
     created where there was none). The folded model reproduces the model with BN in eval mode; BNs that cannot
     be folded (see :func:`plan_folding`) are left as they are. Returns ``model`` itself.
     """
-    fold_batchnorm_with_plan(model)
+    fold_batchnorm_with_plan(model, input_shape)
     return model
 
 
 @torch.no_grad()
-def fold_batchnorm_with_plan(model: nn.Module) -> FoldPlan:
+def fold_batchnorm_with_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> FoldPlan:
     """:func:`fold_batchnorm`, returning the plan (pairs folded, BNs left and why) for reports."""
-    plan = plan_folding(model)
+    plan = plan_folding(model, input_shape)
     for pair in plan.pairs:
         producer, bn = model.get_submodule(pair.producer), model.get_submodule(pair.bn)
         weight, bias = folded_weight_bias(producer, bn, dtype=torch.float64)
@@ -225,7 +226,7 @@ class TuneState:
     originals: list[tuple[nn.Module, nn.Module]] = field(default_factory=list)
 
 
-def enable_tune_mode(model: nn.Module) -> TuneState:
+def enable_tune_mode(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> TuneState:
     """Switch every eligible pair to :class:`TuneConvBN`; BNs in training mode are left as conv → BN.
 
     Tune mode is the fine-tuning counterpart of Deploy: it pays off when BN is frozen (eval mode, running
@@ -233,7 +234,7 @@ def enable_tune_mode(model: nn.Module) -> TuneState:
     model is left in Eval mode, which computes the same thing with more memory.
     """
     try:
-        plan = plan_folding(model)
+        plan = plan_folding(model, input_shape)
     except CompressorError as exc:
         warnings.warn(f"Tune mode disabled: {exc}", stacklevel=2)
         return TuneState()
@@ -259,7 +260,9 @@ def disable_tune_mode(model: nn.Module, state: TuneState) -> nn.Module:
 
 
 @contextlib.contextmanager
-def tune_mode(model: nn.Module, enabled: bool = True) -> Iterator[TuneState]:
+def tune_mode(
+    model: nn.Module, enabled: bool = True, input_shape: tuple[int, ...] | None = None
+) -> Iterator[TuneState]:
     """Run the body with the model in Tune mode (You et al., ICLR 2024), restoring the module tree on exit.
 
     Fine-tuning loops in this project call ``model.train()`` and then put every BatchNorm back in eval mode
@@ -269,7 +272,7 @@ def tune_mode(model: nn.Module, enabled: bool = True) -> Iterator[TuneState]:
     mode inside the body falls back to conv → BN. Save checkpoints outside the body: inside it, state_dict keys
     carry the extra ``.conv`` / ``.bn`` level. ``enabled=False`` makes the context a no-op.
     """
-    state = enable_tune_mode(model) if enabled else TuneState()
+    state = enable_tune_mode(model, input_shape) if enabled else TuneState()
     try:
         yield state
     finally:

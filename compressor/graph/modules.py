@@ -2,7 +2,9 @@
 
 A residual addition is an ``Add`` module (LRP splits relevance proportionally at it, the dependency graph couples
 its inputs' channels) and the option-A shortcut is a ``ChannelPadShortcut`` (the dependency graph rewrites its
-padding when channels are removed). The one tracer keeps both as leaves.
+padding when channels are removed). The one tracer keeps both as leaves. ``Concat`` and ``Gate`` are what LRP's
+join canonizer (:mod:`compressor.pruning.canonizers`) rewrites ``torch.cat`` and ``x * g`` into; the tracer
+looks through them like any module.
 """
 
 from __future__ import annotations
@@ -36,3 +38,31 @@ class ChannelPadShortcut(nn.Module):
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, left={self.left}, right={self.right}"
+
+
+class Concat(nn.Module):
+    """Concatenation of tensors along ``dim`` (a dense or inception join), a module so rules can attach to it."""
+
+    def __init__(self, dim: int = 1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Gate(nn.Module):
+    """Multiplicative gating ``x · g`` (squeeze-and-excitation, attention masks); input ``gate`` (0 or 1) is g."""
+
+    def __init__(self, gate: int = 1):
+        super().__init__()
+        self.gate = gate
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+    def extra_repr(self) -> str:
+        return f"gate={self.gate}"

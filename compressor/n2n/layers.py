@@ -6,19 +6,20 @@ from __future__ import annotations
 import copy
 import json
 import math
+import operator
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from compressor.errors import CompressorError
 from compressor.graph.modules import Add
-
-if TYPE_CHECKING:
-    pass
+from compressor.graph.trace import trace
 
 LAYER_TYPES = ("conv", "dwconv", "linear")
 STATE_DIM = len(LAYER_TYPES) + 6
@@ -64,10 +65,12 @@ class Layer:
 
 @dataclass
 class LayerTable:
-    """The layers of a model in forward order, plus the module paths each removal unit replaces."""
+    """The layers of a model in forward order, plus the module paths each removal unit replaces and, for
+    residual blocks, the shortcut module that replaces the block (None: an identity)."""
 
     layers: list[Layer]
     units: dict[str, tuple[str, ...]]
+    skips: dict[str, str | None] = field(default_factory=dict)
 
     def states(self) -> torch.Tensor:
         return torch.tensor([layer.state() for layer in self.layers], dtype=torch.float32).reshape(-1, STATE_DIM)
@@ -79,12 +82,75 @@ class LayerTable:
         return [layer.name for layer in self.layers if layer.unit is None]
 
 
-def _skip_path(module: nn.Module) -> nn.Module | None:
-    """A residual block is a module owning an ``Add`` join; removing it leaves its ``shortcut`` (or identity)."""
-    if not isinstance(getattr(module, "add", None), Add):
-        return None
-    shortcut = getattr(module, "shortcut", None)
-    return shortcut if isinstance(shortcut, nn.Module) else nn.Identity()
+_ADDS = (operator.add, operator.iadd, torch.add, "add")
+_ACTIVATION_CALLS = (F.relu, torch.relu, F.relu6, "relu")
+
+
+def _calls(gm: fx.GraphModule) -> dict[str, list[fx.Node]]:
+    """Module call → the graph nodes it made (a module called twice has the calls ``path`` and ``path@1``)."""
+    calls: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        for key in node.meta.get("nn_module_stack") or {}:
+            calls.setdefault(key, []).append(node)
+    return calls
+
+
+def _is_add(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), Add)
+    return node.op in ("call_function", "call_method") and node.target in _ADDS and len(node.args) == 2
+
+
+def _is_activation(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), _ACTIVATIONS)
+    return node.op in ("call_function", "call_method") and node.target in _ACTIVATION_CALLS
+
+
+def residual_blocks(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> dict[str, str | None]:
+    """Residual blocks found in the traced graph: block path → its shortcut's module path (None: identity).
+
+    A block is a module called once that reads one tensor x and returns s + r, or an activation of it, where
+    r (the residual branch) is computed from x and s is x itself or the output of one child module reading
+    only x (a projection or option-A shortcut). Removing the block (Ashok et al.: "replace it by its skip
+    path") leaves s. Found from the graph, not from attribute names, so any user model qualifies; with
+    ``input_shape`` the two summands must also have one shape (no broadcasting) and shape-dependent forwards
+    can be traced.
+    """
+    gm = trace(model, "find the residual blocks of", input_shape)
+    if input_shape is not None:
+        ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    calls = _calls(gm)
+    blocks: dict[str, str | None] = {}
+    for key, nodes in calls.items():
+        if "@" in key or f"{key}@1" in calls or not key:
+            continue
+        inside = set(nodes)
+        reads = {a for n in nodes for a in n.all_input_nodes if a not in inside}
+        outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+        if len(reads) != 1 or len(outputs) != 1:
+            continue
+        (x,), (y,) = reads, outputs
+        join = y.all_input_nodes[0] if _is_activation(gm, y) and len(y.all_input_nodes) == 1 else y
+        if join not in inside or not _is_add(gm, join) or len(join.all_input_nodes) != 2:
+            continue
+        shapes = {tuple(getattr(a.meta.get("tensor_meta"), "shape", ())) for a in join.all_input_nodes}
+        if input_shape is not None and len(shapes) != 1:
+            continue
+        for s, r in (join.all_input_nodes, reversed(join.all_input_nodes)):
+            if s is x and r is not x:
+                blocks[key] = None
+                break
+            child = next((k for k in s.meta.get("nn_module_stack") or {} if k.startswith(key + ".")
+                          and k.count(".") == key.count(".") + 1), None)
+            if child is None or r is x or "@" in child or f"{child}@1" in calls:
+                continue
+            own = set(calls[child])
+            if s in own and all(a is x or a in own for n in own for a in n.all_input_nodes) \
+                    and all(u in own or u is join for n in own for u in n.users):
+                blocks[key] = child
+                break
+    return blocks
 
 
 def _shape_preserving_conv(m: nn.Module) -> bool:
@@ -127,17 +193,19 @@ def _conv_padding(m: nn.Conv2d) -> int:
     return 0 if m.padding == "valid" else int(m.padding[0])
 
 
-def describe_layers(model: nn.Module, fixed: Sequence[str] = ()) -> LayerTable:
-    """The model's Conv2d/Linear layers in registration (forward) order, with removal units found.
+def describe_layers(model: nn.Module, fixed: Sequence[str] = (), input_shape: tuple[int, ...] | None = None) -> LayerTable:
+    """The model's Conv2d/Linear layers in registration (forward) order, with removal units found: residual
+    blocks (:func:`residual_blocks`, from the traced graph) and shape-preserving convs in a Sequential.
 
     ``fixed`` names modules (or module prefixes) that must never be removed: a unit touching one is dropped.
     """
     def touches_fixed(path: str) -> bool:
         return any(_within(f, path) or _within(path, f) for f in fixed)
 
+    found = residual_blocks(model, input_shape)
     blocks: list[str] = []
-    for name, m in model.named_modules():
-        if name and _skip_path(m) is not None and not any(_within(name, b) for b in blocks):
+    for name, _ in model.named_modules():
+        if name in found and not any(_within(name, b) for b in blocks):
             blocks.append(name)
     units = {b: (b,) for b in blocks}
     units.update(_plain_units(model, blocks))
@@ -162,7 +230,7 @@ def describe_layers(model: nn.Module, fixed: Sequence[str] = ()) -> LayerTable:
         for k, i in enumerate(idx):
             layers[i] = replace(layers[i], decides=k == 0, skip_start=residual and k == 0,
                                 skip_end=residual and k == len(idx) - 1)
-    return LayerTable(layers, {u: units[u] for u in members})
+    return LayerTable(layers, {u: units[u] for u in members}, {b: found[b] for b in blocks if b in members})
 
 
 def remove_units(model: nn.Module, table: LayerTable, remove: Sequence[str]) -> nn.Module:
@@ -172,8 +240,8 @@ def remove_units(model: nn.Module, table: LayerTable, remove: Sequence[str]) -> 
         if unit not in table.units:
             raise CompressorError(f"n2n: {unit} is not a removable unit of this model")
         for path in table.units[unit]:
-            skip = _skip_path(child.get_submodule(path))
-            child.set_submodule(path, skip if skip is not None else nn.Identity())
+            skip = table.skips.get(path)
+            child.set_submodule(path, child.get_submodule(skip) if skip is not None else nn.Identity())
     return child
 
 

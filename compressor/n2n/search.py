@@ -174,7 +174,7 @@ class N2NSearch:
         self.out_dir = Path(out_dir if out_dir is not None else ctx.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.input_shape = tuple(ctx.input_shape)
-        self.table = describe_layers(parent, config.fixed)
+        self.table = describe_layers(parent, config.fixed, self.input_shape)
         with torch.random.fork_rng():
             torch.manual_seed(ctx.seed)
             self.removal = RemovalPolicy(config.hidden)
@@ -310,7 +310,7 @@ class N2NSearch:
         stage1 = self._best(["removal"])
         base = stage1[0] if stage1 is not None else Candidate()
         child = remove_units(self.parent, self.table, base.remove)
-        remaining = describe_layers(child).layers
+        remaining = describe_layers(child, (), self.input_shape).layers
         fixed = set(cfg.fixed)
         shrinkable = torch.tensor([layer.type != "linear" and not any(_within(layer.name, f) for f in fixed)
                                    for layer in remaining], dtype=torch.bool)

@@ -31,5 +31,5 @@ class FoldBatchNorm:
         self.config = config or self.Config()
 
     def run(self, model: nn.Module, ctx: Context) -> PassResult:
-        plan = fold_batchnorm_with_plan(model)
+        plan = fold_batchnorm_with_plan(model, getattr(ctx, "input_shape", None))
         return PassResult(model, metrics={"folded": len(plan.pairs), "left_unfolded": plan.describe_unfolded()})

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from compressor.core.data import Preprocess, check_against_model, load_dataset, make_splits
 from compressor.core.files import copy_atomic, path_problem
 from compressor.core.metrics import agreement, count_macs, count_params, predict, top1
-from compressor.core.models import load_user_model
+from compressor.core.models import LoadedModel, load_user_model
 from compressor.core.serialize import load_model, model_digest, save_model
 from compressor.errors import CompressorError, GateFailed
 from compressor.passes import PASSES, Context
@@ -150,7 +150,7 @@ class Pipeline:
                "model": sha256_json([r.model.name, source]), "data": data}
         return {"code": code, "inputs": inputs}, key
 
-    def _reuse(self, prev: Manifest, name: str, inputs: dict, allowed: tuple[str, ...]):  # noqa: ANN202
+    def _reuse(self, prev: Manifest, name: str, inputs: dict, loaded: LoadedModel):  # noqa: ANN202
         """The earlier run's (model, record, entry) of this stage when it may stand in for running it, else None
         after logging why it is re-run."""
         i = int(name[:2])
@@ -162,7 +162,7 @@ class Pipeline:
             reason = old.why_not_reusable(name, inputs, self.out_dir)
         if reason is None:
             try:
-                model, meta = load_model(self.out_dir / "stages" / f"{name}.pt", allowed)
+                model, meta = load_model(self.out_dir / "stages" / f"{name}.pt", loaded.allowed_modules, loaded.factory)
                 if model_digest(model) == old.output:
                     self.log(f"resume: reusing {name} (inputs unchanged, files verified)")
                     return model, StageRecord(**meta["record"]), old
@@ -235,7 +235,7 @@ class Pipeline:
             stage_file = stages_dir / f"{name}.pt"
             inputs = {**key, "recipe": sha256_json(recipe_prefix(r, i)), "input": digest}
             done = manifest.stages[: i - 1]
-            reused = self._reuse(prev, name, inputs, loaded.allowed_modules) if prev is not None else None
+            reused = self._reuse(prev, name, inputs, loaded) if prev is not None else None
             if reused is not None:
                 model, rec, entry = reused
                 rec.details["resumed"] = True
@@ -270,7 +270,7 @@ class Pipeline:
                 path = export_stage(model, name, logits)
             self._measure(rec, model, path, logits, teacher_logits, teacher_top1)
             rec.seconds = seconds
-            save_model(model, stage_file, {"record": asdict(rec)})
+            save_model(model, stage_file, {"record": asdict(rec)}, loaded.factory)
             report.stages.append(rec)
             digest = model_digest(model)
             written = written_since(before, self.out_dir)

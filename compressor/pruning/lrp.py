@@ -9,8 +9,12 @@ rule choice of Yeom et al., "Pruning by Explaining" (Pattern Recognition 2021, a
 * ε (1e-6) for Linear layers;
 * zB / ZBox with the true normalised input box (``Preprocess.bounds()``) for the first convolution;
 * a proportional, ε-stabilised split at residual additions and average pooling;
-* activations (ReLU, ReLU6), identities and flattening pass relevance unchanged; max pooling and the option-A
-  shortcut use the plain gradient (winner-take-all / routing to the sampled positions).
+* signal-take-all at multiplicative gates (``x · σ(…)``, squeeze-and-excitation): x keeps the relevance;
+* activations, unmerged BatchNorms, identities and flattening pass relevance unchanged; max pooling,
+  concatenation and the option-A shortcut use the plain gradient (routing to where each value came from).
+
+Plain ``a + b``, ``torch.cat``, ``x * g`` and functional activations of user models are first rewritten into
+those modules by :func:`compressor.pruning.canonizers.canonize_joins`.
 
 The mechanism is written in the style of zennit (Anders et al., arXiv 2106.13200), which cannot be imported
 here (it pulls in torchvision, whose wheels do not match the CPU torch build): one generic hook wraps a module's
@@ -32,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.graph.fusion import folded_weight_bias, plan_folding
-from compressor.graph.modules import Add, ChannelPadShortcut
+from compressor.graph.modules import Add, ChannelPadShortcut, Concat, Gate
 from compressor.graph.trace import trace
+from compressor.pruning.canonizers import canonize_joins
 
 Tensor = torch.Tensor
 
@@ -112,6 +117,15 @@ class PassThrough(Rule):
 
     def relevance(self, module: nn.Module, inputs: Sequence[Tensor], r_out: Tensor) -> tuple[Tensor, ...]:
         return (r_out.reshape(inputs[0].shape),)
+
+
+class SignalTakeAll(Rule):
+    """Multiplicative gate z = x · g: all relevance to the signal x, none to the gate g (the gate only scales
+    x, as in LRP for LSTM gates, Arras et al. 2017). The module's ``gate`` attribute says which input is g."""
+
+    def relevance(self, module: nn.Module, inputs: Sequence[Tensor], r_out: Tensor) -> tuple[Tensor, ...]:
+        gate = module.gate
+        return tuple(torch.zeros_like(x) if i == gate else r_out.reshape(x.shape) for i, x in enumerate(inputs))
 
 
 def Epsilon(epsilon: float = 1e-6) -> Rule:  # noqa: N802 - rules read like classes, as in the LRP literature
@@ -195,13 +209,13 @@ class MergeBatchNorm(contextlib.AbstractContextManager):
     the BN keeps its place but computes x (γ=1, β=0, μ=0, σ²=1, ε=0), as zennit's MergeBatchNorm does.
     """
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...] | None = None):
+        self.model, self.input_shape = model, input_shape
         self._saved: list[tuple[nn.Module, dict[str, Tensor | None], nn.Module, dict[str, object]]] = []
 
     @torch.no_grad()
     def __enter__(self) -> MergeBatchNorm:
-        for pair in plan_folding(self.model).pairs:
+        for pair in plan_folding(self.model, self.input_shape).pairs:
             conv, bn = self.model.get_submodule(pair.producer), self.model.get_submodule(pair.bn)
             if not isinstance(conv, nn.Conv2d) or bn.training:
                 continue
@@ -234,10 +248,14 @@ class MergeBatchNorm(contextlib.AbstractContextManager):
 
 
 _PASS_TYPES: tuple[type, ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.BatchNorm2d,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.Sigmoid,
+    nn.Hardsigmoid, nn.Tanh, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d,
 )
-# Modules whose plain gradient already redistributes relevance conservatively (selection, slicing, padding).
-_GRADIENT_TYPES: tuple[type, ...] = (ChannelPadShortcut, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+# Modules whose plain gradient already redistributes relevance conservatively (selection, slicing, padding,
+# concatenation), and containers, which compute nothing themselves (an empty Sequential is an identity).
+_GRADIENT_TYPES: tuple[type, ...] = (
+    ChannelPadShortcut, Concat, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Sequential, nn.ModuleList, nn.ModuleDict,
+)
 
 RuleFactory = Callable[[], Rule]
 
@@ -257,8 +275,8 @@ class TypeComposite:
         self.mapping.insert(0, (types if isinstance(types, tuple) else (types,), factory))
         return self
 
-    def rules(self, model: nn.Module) -> dict[str, Rule]:
-        first = _first_conv(model) if self.first_conv is not None else None
+    def rules(self, model: nn.Module, input_shape: tuple[int, ...] | None = None) -> dict[str, Rule]:
+        first = _first_conv(model, input_shape) if self.first_conv is not None else None
         rules: dict[str, Rule] = {}
         unruled = []
         for name, m in model.named_modules():
@@ -280,7 +298,8 @@ class TypeComposite:
 
 def yeom_composite(low: Tensor, high: Tensor, epsilon: float = 1e-6, residual: str = "proportional") -> TypeComposite:
     """The rules of Yeom et al.'s ResNet code: ZBox on the first conv, z⁺ on other convs, ε on Linear,
-    proportional split on additions and average pooling, pass-through on activations/BN/flatten.
+    proportional split on additions and average pooling, pass-through on activations/BN/flatten; gates
+    (:class:`SignalTakeAll`) for the canonizer's ``Gate`` modules.
 
     ``residual='gradient'`` leaves additions to the plain gradient instead (each branch receives the whole
     relevance, not conservative), which is what a zennit composite does with an unregistered sum.
@@ -291,6 +310,7 @@ def yeom_composite(low: Tensor, high: Tensor, epsilon: float = 1e-6, residual: s
         ((nn.Conv2d,), ZPlus),
         ((nn.Linear,), lambda: Epsilon(epsilon)),
         ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), lambda: Proportional(epsilon)),
+        ((Gate,), SignalTakeAll),
         (_PASS_TYPES, PassThrough),
     ]
     if residual == "proportional":
@@ -300,9 +320,9 @@ def yeom_composite(low: Tensor, high: Tensor, epsilon: float = 1e-6, residual: s
     return TypeComposite(mapping, first_conv=lambda: ZBox(low, high))
 
 
-def _first_conv(model: nn.Module) -> str | None:
+def _first_conv(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> str | None:
     """The Conv2d that reads the network input (the zB rule needs the input box)."""
-    gm = trace(model, "compute LRP relevance of")
+    gm = trace(model, "compute LRP relevance of", input_shape)
     inputs = {n for n in gm.graph.nodes if n.op == "placeholder"}
     for node in gm.graph.nodes:
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Conv2d):
@@ -360,25 +380,30 @@ def relevance_at_convs(
 ) -> dict[str, ConvRelevance] | tuple[dict[str, ConvRelevance], Tensor]:
     """LRP from the one-hot true label (value 1) down to the input; relevance at every Conv2d output.
 
-    Works on a deep copy with BatchNorm merged (:class:`MergeBatchNorm`) and the rules of
-    :func:`yeom_composite` (``residual`` selects its rule for additions) unless another ``composite`` is given.
+    Works on a deep copy with functional joins canonized (:func:`compressor.pruning.canonizers.canonize_joins`),
+    BatchNorm merged (:class:`MergeBatchNorm`) and the rules of :func:`yeom_composite` (``residual`` selects its
+    rule for additions) unless another ``composite`` is given.
     ``low``/``high``: the normalised input box (``Preprocess.bounds()``).
-    With ``return_input`` the input relevance (N, C, H, W) is returned too (for conservation checks).
+    With ``return_input`` the input relevance (N, C, H, W) is returned too (for conservation checks). Convs the
+    forward does not call (a branch not taken) get no entry.
     """
     model = copy.deepcopy(model).eval()
     for m in model.modules():
         if hasattr(m, "inplace"):
             m.inplace = False
+    shape = tuple(x.shape[1:])
+    model = canonize_joins(model, shape)
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     inputs = []
-    rules = (composite or yeom_composite(low, high, residual=residual)).rules(model)
-    with MergeBatchNorm(model), attach(model, rules, capture=convs) as captured:
+    rules = (composite or yeom_composite(low, high, residual=residual)).rules(model, shape)
+    with MergeBatchNorm(model, shape), attach(model, rules, capture=convs) as captured:
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size].detach().clone().requires_grad_()
             out = model(xb)
             onehot = F.one_hot(labels[i : i + batch_size], out.shape[1]).to(out.dtype)
             (r_in,) = torch.autograd.grad(out, xb, onehot)
             inputs.append(r_in.detach())
+    captured = {name: rel for name, rel in captured.items() if rel.signed}  # convs the forward never calls
     return (captured, torch.cat(inputs)) if return_input else captured
 
 

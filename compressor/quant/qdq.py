@@ -242,41 +242,56 @@ def pad_input_channels(model: onnx.ModelProto, multiple: int = 4) -> int:
     channels: the integer input is padded with its zero point and the int8 weights with zeros, so the result is
     unchanged. Why: MLAS's u8s8 kernels work on groups of four bytes (VNNI) and fall back to a slow path for the
     RGB stem (docs/lab-notes/int8-latency.md).
+
+    One tensor may feed several convs (parallel branches, a block and its projection shortcut) and one weight
+    several convs (a module called twice): each integer tensor gets one Pad and one DequantizeLinear per scale,
+    shared by its readers, and a weight is padded only when every conv reading it can be.
     Returns the number of convs padded."""
     g = model.graph
     producers, consumers, inits = graph_index(model)
-    done = 0
+    by_weight: dict[str, list[onnx.NodeProto]] = {}
     for conv in [n for n in g.node if n.op_type == "Conv"]:
-        group = attribute(conv, "group", 1)
-        x_dq, w_dq = producers.get(conv.input[0]), producers.get(conv.input[1])
-        if group != 1 or any(p is None or p.op_type != "DequantizeLinear" for p in (x_dq, w_dq)):
-            continue
-        if w_dq.input[0] not in inits:
-            continue
+        w_dq = producers.get(conv.input[1])
+        if w_dq is not None and w_dq.op_type == "DequantizeLinear" and w_dq.input[0] in inits:
+            by_weight.setdefault(w_dq.output[0], []).append(conv)
+
+    def paddable(conv: onnx.NodeProto) -> bool:
+        x_dq = producers.get(conv.input[0])
+        return attribute(conv, "group", 1) == 1 and x_dq is not None and x_dq.op_type == "DequantizeLinear" \
+            and len(x_dq.input) >= 3 and x_dq.input[2] in inits
+
+    shared_dq: dict[tuple[str, ...], str] = {}  # (padded tensor, scale, zero point) -> its dequantized name
+    done = 0
+    for w_out, convs in by_weight.items():
+        w_dq = producers[w_out]
         w = numpy_helper.to_array(inits[w_dq.input[0]])
-        extra = -w.shape[1] % multiple
-        if extra == 0 or w.ndim != 4 or len(x_dq.input) < 3 or x_dq.input[2] not in inits:
-            continue
-        if len(consumers.get(w_dq.input[0], [])) != 1:
+        extra = -w.shape[1] % multiple if w.ndim == 4 else 0
+        if extra == 0 or len(consumers.get(w_dq.input[0], [])) != 1 or len(consumers[w_out]) != len(convs) \
+                or not all(paddable(c) for c in convs):
             continue
         w_padded = np.concatenate([w, np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)], axis=1)
         inits[w_dq.input[0]].CopyFrom(numpy_helper.from_array(w_padded, w_dq.input[0]))
-        zp = numpy_helper.to_array(inits[x_dq.input[2]]).reshape(())
-        padded = f"{x_dq.input[0]}_channels{w.shape[1] + extra}"
-        if padded not in producers:  # two convs reading one tensor (a block and its shortcut) share one Pad
-            pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64), f"{conv.name}_channel_pads")
-            const = numpy_helper.from_array(zp, f"{conv.name}_channel_pad_value")
-            g.initializer.extend([pads, const])
-            pad = onnx.helper.make_node("Pad", [x_dq.input[0], pads.name, const.name], [padded], f"{conv.name}_channel_pad")
-            g.node.append(pad)
-            producers[padded] = pad
-        if len(consumers[x_dq.output[0]]) == 1:  # only this conv reads it: dequantize the padded tensor instead
-            x_dq.input[0] = padded
-        else:
-            dq = onnx.helper.make_node("DequantizeLinear", [padded, *x_dq.input[1:]], [f"{padded}_dq"], f"{padded}_dq")
-            conv.input[0] = dq.output[0]
-            g.node.append(dq)
-        done += 1
+        for conv in convs:
+            x_dq = producers[conv.input[0]]
+            padded = f"{x_dq.input[0]}_channels{w.shape[1] + extra}"
+            if padded not in producers:
+                zp = numpy_helper.to_array(inits[x_dq.input[2]]).reshape(())
+                pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64), f"{conv.name}_channel_pads")
+                const = numpy_helper.from_array(zp, f"{conv.name}_channel_pad_value")
+                g.initializer.extend([pads, const])
+                pad = onnx.helper.make_node("Pad", [x_dq.input[0], pads.name, const.name], [padded], f"{conv.name}_channel_pad")
+                g.node.append(pad)
+                producers[padded] = pad
+            if len(consumers[x_dq.output[0]]) == 1:  # only this conv reads it: dequantize the padded tensor instead
+                x_dq.input[0] = padded
+            else:
+                key = (padded, *x_dq.input[1:])
+                if key not in shared_dq:
+                    name = f"{padded}_dq{len(shared_dq)}"
+                    g.node.append(onnx.helper.make_node("DequantizeLinear", list(key), [name], name))
+                    shared_dq[key] = name
+                conv.input[0] = shared_dq[key]
+            done += 1
     if done:
         ONNXModel(model).topological_sort()
     return done

@@ -198,7 +198,7 @@ def make_runner(artifact: str, backend: str, batch: int, threads: int,
 
     load_ops()
     torch.set_num_threads(threads)
-    folded = fold_batchnorm(model.eval())
+    folded = fold_batchnorm(model.eval(), shape)
     calib = [torch.randn(8, *shape, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     int8 = build_int8_model(folded, calibrate_input_scales(folded, calib), shape)
     return make_torch_int8_runner(int8, batch, "cuda" if torch.cuda.is_available() else "cpu")

@@ -228,7 +228,7 @@ def build_int8_model(model: nn.Module, act_scales: dict[str, float], input_shape
     modules = dict(model.named_modules())
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules.values()):
         raise CompressorError("Int8Model needs BatchNorm folded into the convolutions first (fold_batchnorm)")
-    graph = trace(model, "lower to INT8 kernels").graph
+    graph = trace(model, "lower to INT8 kernels", input_shape).graph
     for node in list(graph.nodes):
         # Identities (folded BatchNorms, identity shortcuts) would hide conv→add→ReLU chains from fusion.
         if node.op == "call_module" and isinstance(modules[node.target], nn.Identity):
