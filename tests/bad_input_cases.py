@@ -304,7 +304,7 @@ CASES: list[Case] = [
         t, train_images=np.zeros((40, 32, 32, 1), np.uint8), test_images=np.zeros((20, 32, 32, 1), np.uint8))),
          "channel"),
     Case("data", "train and test of different sizes", lambda t: _compress(t, data=_npz(
-        t, train_images=np.zeros((40, 28, 28, 3), np.uint8))), "train"),
+        t, train_images=np.zeros((40, 28, 28, 3), np.uint8))), "train images are 28x28"),
     Case("data", "labels out of range with prune", lambda t: _run(
         t, "prune", data=_npz(t, train_labels=np.arange(40) % 12)), "train_labels"),
     Case("data", "ImageFolder with 9 classes for a 10-class model", _nine_classes, "9 classes"),

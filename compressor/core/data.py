@@ -300,12 +300,12 @@ def check_against_model(ds: Dataset, outputs: int | None, input_shape: tuple[int
         _, h, w, c = split.images.shape
         if c != channels:
             raise CompressorError(
-                f"data at {ds.source}: {name} images have {c} channel(s) but model.input_shape (--input-shape) "
-                f"takes {channels}; convert the images or change the input shape")
+                f"data at {ds.source}: {name} images have {c} channel(s) but the model input has {channels}; set "
+                "model.input_shape (--input-shape) to match the data, or convert the images")
         if (h, w) != (height, width):
             raise CompressorError(
-                f"data at {ds.source}: {name} images are {h}x{w} but model.input_shape (--input-shape) is "
-                f"{channels},{height},{width}; resize the images or change the input shape")
+                f"data at {ds.source}: {name} images are {h}x{w} but the model input is {channels},{height},{width}; "
+                "set model.input_shape (--input-shape) to match the data, or resize the images")
     if outputs is None:
         return
     if ds.classes_named and len(ds.classes) != outputs:
