@@ -47,6 +47,7 @@ from compressor.pipeline.manifest import (
     sha256_file,
     sha256_json,
     snapshot,
+    temporary,
     written_since,
 )
 from compressor.pipeline.recipe import Recipe, to_dict
@@ -196,8 +197,8 @@ class Pipeline:
             kept = {f for s in prev.stages for f in s.files}
             stale = {f for f in list_files(self.out_dir) if f not in foreign and f not in kept and owned_name(f)}
             stale.discard(MANIFEST)
-            if prev.running is None:  # else they may be the interrupted stage's saved state, decided when it comes
-                remove(self.out_dir, stale)
+            # Unless a stage was interrupted, whose saved state they may be (decided when that stage comes).
+            remove(self.out_dir, stale if prev.running is None else {f for f in stale if temporary(f)})
             # Until each is verified, the earlier stages stay listed: a run killed now leaves them reusable.
             manifest.stages, manifest.running = list(prev.stages), prev.running
             if foreign:
