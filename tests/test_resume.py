@@ -146,6 +146,7 @@ def test_resume_reruns_a_corrupt_or_foreign_int8_artifact(reference, tmp_path, c
     tampered = {"truncated": good[:100_000], "another model": (out / "model.onnx").read_bytes()}
     for what, data in tampered.items():
         artifact.write_bytes(data)
+        (out / "stages" / "tmpk1ll3d_x.tmp.pt").write_bytes(b"half a stage file")  # a write cut short by a kill
         code, _, err = cli("compress", "--recipe", recipe, "--out", out, "--resume", "--quiet")
         assert code == 0, err
         assert "resume: reusing 01_fold_bn" in err, what

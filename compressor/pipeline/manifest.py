@@ -38,10 +38,11 @@ OUTPUT_NAMES = frozenset({
     NAME, "model.onnx", "model_int8.onnx", "model.engine", "report.json", "report.md", "accuracy_latency.png",
     "quantize_fp32.onnx", "quantized_int8.onnx", "quantize_search.png",
 })
+_TEMPORARY = re.compile(r"((stages|n2n)/)?tmp\w+\.tmp(\.\w+)?")  # an atomic write interrupted by a kill
 _OWNED = re.compile(
     r"stages/\d{2}_\w+\.(pt|onnx)"  # stage models and their ONNX exports
     r"|n2n/n2n_(search|policy)\.pt|n2n/n2n_rewards\.png"  # the N2N pass's search state, policy and plot
-    r"|((stages|n2n)/)?tmp\w+\.tmp(\.\w+)?"  # a temporary file of an atomic write interrupted by a kill
+    rf"|{_TEMPORARY.pattern}"
 )
 # Resume compares a stage's inputs in this order and names the first that differs.
 INPUT_REASONS = {
@@ -57,6 +58,11 @@ INPUT_REASONS = {
 def owned_name(rel: str) -> bool:
     """Whether a path (relative to the output folder, with ``/``) is one compressor writes."""
     return rel in OUTPUT_NAMES or _OWNED.fullmatch(rel) is not None
+
+
+def temporary(rel: str) -> bool:
+    """Whether a path is a temporary file that an interrupted atomic write left behind (never worth keeping)."""
+    return _TEMPORARY.fullmatch(rel) is not None
 
 
 def sha256_file(path: str | Path) -> str:

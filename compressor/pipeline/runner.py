@@ -47,6 +47,7 @@ from compressor.pipeline.manifest import (
     sha256_file,
     sha256_json,
     snapshot,
+    temporary,
     written_since,
 )
 from compressor.pipeline.recipe import Recipe, to_dict
@@ -157,7 +158,7 @@ class Pipeline:
         old = prev.stages[i - 1] if i <= len(prev.stages) else None
         if old is None:
             interrupted = prev.running is not None and prev.running.name == name
-            reason = "the earlier run stopped during it" if interrupted else "the earlier run did not complete it"
+            reason = "the earlier run stopped during it" if interrupted else "the earlier run did not reach it"
         else:
             reason = old.why_not_reusable(name, inputs, self.out_dir)
         if reason is None:
@@ -195,8 +196,8 @@ class Pipeline:
             kept = {f for s in prev.stages for f in s.files}
             stale = {f for f in list_files(self.out_dir) if f not in foreign and f not in kept and owned_name(f)}
             stale.discard(MANIFEST)
-            if prev.running is None:  # else they may be the interrupted stage's saved state, decided when it comes
-                remove(self.out_dir, stale)
+            # Unless a stage was interrupted, whose saved state they may be (decided when that stage comes).
+            remove(self.out_dir, stale if prev.running is None else {f for f in stale if temporary(f)})
             # Until each is verified, the earlier stages stay listed: a run killed now leaves them reusable.
             manifest.stages, manifest.running = list(prev.stages), prev.running
             if foreign:
@@ -245,10 +246,11 @@ class Pipeline:
                 digest = entry.output
                 continue
             if prev is not None and prev.running is not None and prev.running.name == name:
-                if prev.running.inputs == inputs:
-                    self.log(f"resume: {name} continues from the state it saved, where the pass keeps one")
-                else:
-                    remove(self.out_dir, stale - set(manifest.files))
+                partial = sorted(f for f in stale - set(manifest.files) if (self.out_dir / f).exists())
+                if prev.running.inputs != inputs:
+                    remove(self.out_dir, partial)
+                elif partial:  # e.g. the N2N search's checkpoint, which the pass continues from
+                    self.log(f"resume: {name} may continue from the files it saved before it stopped: {', '.join(partial)}")
             seed_everything(stage_seed(r.seed, i))
             later = prev.stages[i:] if prev is not None else []
             manifest.stages, manifest.running = done + later, StageEntry(name, inputs)
