@@ -176,27 +176,52 @@ def passes():
 @click.option("--duration", default=3.0, type=float, help="Seconds of measurement per batch size and artifact.")
 @click.option("--iterations", default=10, type=int, help="Minimum measured inferences.")
 @click.option("--threads", default=2, type=int, help="Intra-op threads.")
-@click.option("--backend", default="auto",
-              help="auto | onnxruntime-cpu | torch-cpu | torch-cuda | torch-int8 | tensorrt (GPU ones need a GPU).")
+@click.option("--backend", default="auto", help="auto | onnxruntime-cpu | openvino | torch-cpu | torch-cuda | torch-int8 | "
+              "tensorrt (GPU ones need a GPU; auto: onnxruntime-cpu for .onnx, openvino for an IR .xml).")
+@click.option("--precision", type=click.Choice(["f32", "bf16", "default"]),
+              help="openvino: precision hint for the float parts (default: the one recorded in an IR, else f32; "
+              "'default' lets OpenVINO choose, bf16 on CPUs with native bfloat16).")
 @click.option("--fp16", is_flag=True, help="torch-cuda: run in FP16.")
 @click.option("--cuda-graph", is_flag=True, help="torch-cuda: replay one captured CUDA graph.")
 @click.option("--model", help="Architecture for a state_dict artifact (torch-cpu).")
 @click.option("--input-shape", default="3,32,32", help="C,H,W for torch artifacts.")
 @click.option("--vs", "other", help="A second artifact measured in the same run, alternating with the first "
-              "(ONNX files: each window in its own process).")
+              "(ONNX Runtime and OpenVINO: each window in its own process).")
+@click.option("--vs-backend", help="Backend for --vs (default: --backend), e.g. compare one file on two runtimes.")
+@click.option("--vs-precision", type=click.Choice(["f32", "bf16", "default"]), help="openvino precision for --vs "
+              "(default: --precision).")
 @click.option("--json", "json_path", help="Write the figures as JSON.")
-def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16, cuda_graph, model, input_shape, other,
-          json_path):
+def bench(artifact, batch, warmup, duration, iterations, threads, backend, precision, fp16, cuda_graph, model, input_shape,
+          other, vs_backend, vs_precision, json_path):
     """Measure latency and throughput, printed as trtexec prints them."""
     from compressor.core.files import write_atomic
     from compressor.core.models import load_user_model
-    from compressor.runtime.bench import BenchSettings, bench_onnx, format_summary, make_runner, measure, resolve_backend, summarize
+    from compressor.runtime.bench import (
+        CHILD_BACKENDS,
+        BenchSettings,
+        Timed,
+        bench_onnx,
+        format_summary,
+        make_runner,
+        measure,
+        resolve_backend,
+        summarize,
+    )
 
     shape = tuple(_parse_shape(input_shape))
     artifacts = [artifact] + ([other] if other else [])
     for a in artifacts:
         if not Path(a).is_file():
             raise CompressorError(f"artifact {a} does not exist")
+    specs = []
+    for a, b, p, inherited, flag in [(artifact, backend, precision, None, "--precision")] + (
+            [(other, vs_backend or backend, vs_precision, precision, "--vs-precision")] if other else []):
+        b = resolve_backend(a, b)
+        if p is not None and b != "openvino":
+            raise CompressorError(f"{flag} applies to the openvino backend, not {b}")
+        specs.append(Timed(a, b, _openvino_precision(a, p or inherited) if b == "openvino" else "f32"))
+    distinct = len({str(s.path) for s in specs}) == len(specs) and len({s.backend for s in specs}) == 1
+    labels = [str(s.path) if distinct and s.backend != "openvino" else s.label() for s in specs]
 
     def loader(path: str):
         loaded = load_user_model(model, path, False, shape)
@@ -207,30 +232,47 @@ def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16,
     except ValueError:
         raise CompressorError(f"--batch {batch!r} must be comma-separated integers") from None
     settings = BenchSettings(warmup, duration, iterations, threads)
-    results: dict = {"artifact": artifact, "vs": other, "backend": backend, "threads": threads, "results": []}
-    # ONNX Runtime artifacts are timed in their own processes (see bench.py); other backends in this one.
-    if all(resolve_backend(a, backend) == "onnxruntime-cpu" for a in artifacts):
-        by_batch = bench_onnx(artifacts, batches, settings)
+    results: dict = {"artifact": artifact, "vs": other, "backend": specs[0].backend, "threads": threads, "results": []}
+    if specs[0].backend == "openvino":
+        results["precision"] = specs[0].precision
+    if other:
+        results["vs_backend"] = specs[1].backend
+        if specs[1].backend == "openvino":
+            results["vs_precision"] = specs[1].precision
+    # ONNX Runtime and OpenVINO artifacts are timed in their own processes (see bench.py); others in this one.
+    if all(s.backend in CHILD_BACKENDS for s in specs):
+        by_batch = bench_onnx(specs, batches, settings)
     else:
         by_batch = {b: [summarize(lat, b, wall) for lat, wall in measure(
-            [make_runner(a, backend, b, threads, loader, fp16, cuda_graph) for a in artifacts], settings)]
-            for b in batches}
+            [make_runner(str(s.path), s.backend, b, threads, loader, fp16, cuda_graph, s.precision) for s in specs],
+            settings)] for b in batches}
     for b in batches:
         measured = by_batch[b]
-        entry = {"batch": b, artifact: measured[0]}
-        click.echo(format_summary(artifact, measured[0]))
+        entry = {"batch": b, labels[0]: measured[0]}
+        click.echo(format_summary(labels[0], measured[0]))
         if other:
-            entry[other] = measured[1]
-            click.echo(format_summary(other, measured[1]))
+            entry[labels[1]] = measured[1]
+            click.echo(format_summary(labels[1], measured[1]))
             entry["ratio"] = {
                 "throughput": measured[0]["throughput_qps"] / measured[1]["throughput_qps"],
                 "median_latency": measured[0]["latency_ms"]["median"] / measured[1]["latency_ms"]["median"],
             }
-            click.echo(f"[I] Ratio {artifact} / {other}: throughput {entry['ratio']['throughput']:.3f}x, "
+            click.echo(f"[I] Ratio {labels[0]} / {labels[1]}: throughput {entry['ratio']['throughput']:.3f}x, "
                        f"median latency {entry['ratio']['median_latency']:.3f}x")
         results["results"].append(entry)
     if json_path:
         write_atomic(Path(json_path), json.dumps(results, indent=2))
+
+
+def _openvino_precision(path: str, precision: str | None) -> str:
+    """The precision hint to time ``path`` with on OpenVINO: the one asked for, else the one an IR records, else f32."""
+    if precision is not None:
+        return precision
+    if str(path).endswith(".xml"):
+        from compressor.runtime.openvino import recorded_precision
+
+        return recorded_precision(path) or "f32"
+    return "f32"
 
 
 @cli.command()

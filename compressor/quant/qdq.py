@@ -9,6 +9,13 @@ rewrites it lacks:
   become QLinearAdd, and the option-A shortcut's zero-padding kept in the quantized domain (a uint8 Pad whose
   constant is the zero point) instead of a DequantizeLinear → float Pad → QuantizeLinear island, then the whole
   shortcut (two strided Slices and that Pad) replaced by one exact 1×1 strided QLinearConv.
+- ``openvino-cpu`` (OpenVINO's CPU plugin): the ort-cpu placement (Q/DQ on the outputs of every op, so residual
+  Adds and ReLUs carry quantized tensors and OpenVINO fuses each Add into its convolution as a sum post-op;
+  quantizing only Conv/Gemm/Add inputs left every Add as a separate node) and the same tensor types per scheme,
+  without the rewrites made for ONNX Runtime: OpenVINO runs the option-A shortcut's StridedSlice and channel Pad
+  on u8 tensors itself, and its stem convolution needs no fourth input channel. That every convolution and the
+  linear layer then execute in u8/i8 is checked on OpenVINO's execution graph
+  (:func:`compressor.runtime.openvino.int8_layers`).
 - ``tensorrt`` (NVIDIA's explicit-quantization rules, TensorRT developer guide): int8 symmetric activations and
   weights, zero point 0, per-output-channel weight scales, Q/DQ on the inputs of Conv/Gemm and residual Adds,
   no output quantization on convolutions.
@@ -58,7 +65,8 @@ def quantize(
     target: str = "ort-cpu",
     exclude: tuple[str, ...] | list[str] = (),
 ) -> onnx.ModelProto:
-    """The QDQ model for ``config`` on ``target``; ``exclude`` names nodes kept in float (mixed precision)."""
+    """The QDQ model for ``config`` on ``target`` (ort-cpu | openvino-cpu | tensorrt); ``exclude`` names nodes kept
+    in float (mixed precision)."""
     tensorrt = target == "tensorrt"
     signed = tensorrt or config.scheme == "symmetric"
     act_type = QuantType.QInt8 if signed else QuantType.QUInt8
@@ -88,7 +96,7 @@ def quantize(
     quantizer.quantize_model()
     quantizer.model.topological_sort()
     out = quantizer.model.model
-    if not tensorrt:
+    if target == "ort-cpu":
         quantized_pads(out)
         shortcut_convs(out)
         pad_input_channels(out)
