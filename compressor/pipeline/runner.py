@@ -45,7 +45,7 @@ def prepare_out_dir(out_dir: Path) -> None:
 def stage_fingerprint(recipe: Recipe, upto: int) -> str:
     d = to_dict(recipe)
     key = {"model": d["model"], "data": d["data"], "seed": d["seed"], "passes": d["passes"][:upto]}
-    if any(p.config.__dict__.get("target") == "openvino-cpu" for p in recipe.passes[:upto]):
+    if any(getattr(p.config, "target", None) == "openvino-cpu" for p in recipe.passes[:upto]):
         key["openvino"] = d["openvino"]  # the hint its candidates were scored and timed with
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
