@@ -4,9 +4,10 @@ For each model, INT8 QDQ variants are timed on OpenVINO side by side (each alone
 alternating window by window, as ``compressor bench``), at batch 64 and batch 1, against the openvino-cpu emission
 of the default configuration:
 
-- emission: the openvino-cpu QDQ, plus ONNX Runtime's rewrites one at a time (the option-A shortcut as a 1×1
-  strided conv, the stem padded to 4 input channels) and both (= the ort-cpu QDQ); and Q/DQ placed only on the
-  inputs of Conv/Gemm/MatMul/Add and pooling (the placement NNCF uses) instead of on every op's output;
+- emission: the openvino-cpu QDQ (ort-cpu placement, option-A shortcuts as exact 1×1 strided convs, stem left at
+  3 channels); without the shortcut rewrite (strided Slices + channel Pad); with the stem padded to 4 input
+  channels as for MLAS (= the ort-cpu QDQ); and Q/DQ placed only on the inputs of Conv/Gemm/MatMul/Add and
+  pooling (the placement NNCF uses) instead of on every op's output;
 - scheme: asymmetric, symmetric (int8 activations), symmetric_uint8, power_of_two;
 - granularity: per-channel against per-tensor weights;
 - mixed precision: the most sensitive layers kept in float;
@@ -54,27 +55,24 @@ from compressor.runtime.export import export_onnx  # noqa: E402
 BASE = QuantConfig(1000, "entropy", "asymmetric", "per_channel", "int8")
 
 
-def with_rewrites(model: onnx.ModelProto, shortcut: bool, stem: bool) -> onnx.ModelProto:
-    """The openvino-cpu emission plus ONNX Runtime's rewrites (both = the ort-cpu emission)."""
+def padded_stem(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The openvino-cpu emission with the stem padded to 4 input channels: the ort-cpu emission."""
     model = copy.deepcopy(model)
-    if shortcut:
-        qdq.quantized_pads(model)
-        qdq.shortcut_convs(model)
-    if stem:
-        qdq.pad_input_channels(model)
+    qdq.pad_input_channels(model)
     return model
 
 
 @contextlib.contextmanager
-def inputs_only():
-    """Emit Q/DQ only around Conv/Gemm/MatMul/Add and pooling inputs, not on every op's output."""
-    saved = qdq.QDQRegistry, qdq.QLinearOpsRegistry
-    qdq.QDQRegistry = dict.fromkeys(["Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool", "MaxPool"])
-    qdq.QLinearOpsRegistry = {}
+def patched(**replacements):
+    """Build under replaced ``compressor.quant.qdq`` globals (a rewrite turned off, another Q/DQ placement)."""
+    saved = {k: getattr(qdq, k) for k in replacements}
+    for k, v in replacements.items():
+        setattr(qdq, k, v)
     try:
         yield
     finally:
-        qdq.QDQRegistry, qdq.QLinearOpsRegistry = saved
+        for k, v in saved.items():
+            setattr(qdq, k, v)
 
 
 def exec_nodes(path: Path, hint: str) -> int:
@@ -90,9 +88,8 @@ def variants(name: str, splits, work: Path, hint: str) -> dict[str, Timed]:
     base = problem.build(BASE)
     models = {
         "openvino-cpu QDQ (asymmetric, per-channel)": base,
-        "+ shortcut as 1x1 conv": with_rewrites(base, True, False),
-        "+ stem padded to 4 channels": with_rewrites(base, False, True),
-        "+ both (= ort-cpu QDQ)": with_rewrites(base, True, True),
+        "shortcut kept as Slices + Pad": None,
+        "+ stem padded to 4 channels (= ort-cpu QDQ)": padded_stem(base),
         "Q/DQ on Conv/Gemm/Add/pool inputs only": None,
         "scheme symmetric (int8 activations)": problem.build(dataclasses.replace(BASE, scheme="symmetric")),
         "scheme symmetric_uint8": problem.build(dataclasses.replace(BASE, scheme="symmetric_uint8")),
@@ -100,7 +97,10 @@ def variants(name: str, splits, work: Path, hint: str) -> dict[str, Timed]:
         "per-tensor weights": problem.build(dataclasses.replace(BASE, granularity="per_tensor")),
         "mixed precision": problem.build(dataclasses.replace(BASE, precision="mixed")),
     }
-    with inputs_only():
+    with patched(quantized_pads=lambda m: 0, shortcut_convs=lambda m: 0):
+        models["shortcut kept as Slices + Pad"] = problem.build(BASE)
+    inputs_only = dict.fromkeys(["Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool", "MaxPool"])
+    with patched(QDQRegistry=inputs_only, QLinearOpsRegistry={}):
         models["Q/DQ on Conv/Gemm/Add/pool inputs only"] = problem.build(BASE)
     rows = {}
     for i, (label, model) in enumerate(models.items()):

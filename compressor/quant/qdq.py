@@ -12,10 +12,10 @@ rewrites it lacks:
 - ``openvino-cpu`` (OpenVINO's CPU plugin): the ort-cpu placement (Q/DQ on the outputs of every op, so residual
   Adds and ReLUs carry quantized tensors and OpenVINO fuses each Add into its convolution as a sum post-op;
   quantizing only Conv/Gemm/Add inputs left every Add as a separate node) and the same tensor types per scheme,
-  without the rewrites made for ONNX Runtime: OpenVINO runs the option-A shortcut's StridedSlice and channel Pad
-  on u8 tensors itself, and its stem convolution needs no fourth input channel. That every convolution and the
-  linear layer then execute in u8/i8 is checked on OpenVINO's execution graph
-  (:func:`compressor.runtime.openvino.int8_layers`).
+  with the exact shortcut rewrite (OpenVINO runs the 1×1 conv in INT8 and drops the shortcut's StridedSlices, Pad
+  and the layout reorders they forced; outputs are bit-identical) but without the stem's fourth input channel,
+  which only MLAS needs and which costs OpenVINO a Pad node. That every convolution and the linear layer then
+  execute in u8/i8 is checked on OpenVINO's execution graph (:func:`compressor.runtime.openvino.int8_layers`).
 - ``tensorrt`` (NVIDIA's explicit-quantization rules, TensorRT developer guide): int8 symmetric activations and
   weights, zero point 0, per-output-channel weight scales, Q/DQ on the inputs of Conv/Gemm and residual Adds,
   no output quantization on convolutions.
@@ -96,9 +96,10 @@ def quantize(
     quantizer.quantize_model()
     quantizer.model.topological_sort()
     out = quantizer.model.model
-    if target == "ort-cpu":
+    if not tensorrt:
         quantized_pads(out)
         shortcut_convs(out)
+    if target == "ort-cpu":
         pad_input_channels(out)
     if config.scheme == "power_of_two" and not tensorrt:
         power_of_two_scales(out)
