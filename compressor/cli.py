@@ -99,7 +99,7 @@ def model_options(f):
         click.option("--out", required=True, help="Output folder."),
         click.option("--resume", is_flag=True, help="Skip stages already complete and intact in --out."),
         click.option("--max-accuracy-drop", type=float, help="Gate: max test top-1 drop vs teacher (points)."),
-        click.option("--min-speedup", type=float, help="Gate: min teacher/final ORT-CPU p50 latency ratio (batch 1)."),
+        click.option("--min-speedup", type=float, help="Gate: min teacher/final p50 latency ratio (batch 1, first target)."),
         click.option("--max-size-mb", type=float, help="Gate: max size of the deployed ONNX (MiB)."),
         click.option("--no-bench", is_flag=True, help="Skip latency measurements."),
         click.option("--quiet", is_flag=True, help="No progress bars."),

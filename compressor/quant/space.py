@@ -80,9 +80,9 @@ def allowed(config: QuantConfig, target: str) -> bool:
 
     OpenVINO runs every scheme and both granularities in INT8 (checked on its execution graph), so only
     ``power_of_two`` is left out there: it exists for integer-only hardware that rescales by shifts, while
-    OpenVINO rescales in float whatever the scale, so rounding scales up to 2^k can only cost accuracy (measured
-    on the three CIFAR teachers: never more accurate than ``symmetric_uint8`` beyond validation noise;
-    docs/openvino.md)."""
+    OpenVINO rescales in float whatever the scale, so it cannot gain speed there, and on the three CIFAR teachers
+    its best configuration was no more accurate than the best without it beyond validation noise
+    (docs/lab-notes/openvino.md)."""
     if target not in TARGETS:
         raise ValueError(f"unknown quantization target {target!r}; choose one of {list(TARGETS)}")
     if target == "tensorrt":

@@ -46,7 +46,7 @@ def compile_model(model: str | Path | bytes | Any, threads: int = 0, precision: 
 
     ``threads``: inference threads (0 lets OpenVINO choose), one stream, as an ONNX Runtime session with that many
     intra-op threads. ``precision``: one of :data:`PRECISIONS`. ``batch``: compile for that static batch size
-    (what a deployment does; a dynamic batch axis compiles slower kernels)."""
+    (what a deployment does; without it OpenVINO compiles for the dynamic batch axis of our exports)."""
     if precision not in PRECISIONS:
         raise CompressorError(f"unknown OpenVINO precision {precision!r}; choose {' | '.join(PRECISIONS)}")
     ov = import_openvino()
@@ -142,14 +142,14 @@ def int8_summary(model: str | Path | bytes, precision: str = "f32") -> dict:
 
 def save_ir(model_path: str | Path, xml_path: str | Path, precision: str) -> Path:
     """Convert an ONNX file to OpenVINO IR (``.xml`` + ``.bin`` beside it), weights kept in their own precision,
-    written to temporary names and renamed, .bin first, so a reader never sees a half-written pair. ``precision``
+    written to temporary names and renamed, .bin first, so neither file is ever half-written. ``precision``
     is recorded in the IR's rt_info (``runtime_options``); OpenVINO does not apply it by itself, so a deployment
     passes it to ``compile_model`` as ``compressor`` does."""
     ov = import_openvino()
     xml_path = Path(xml_path)
     try:
-        # read_model, not convert_model: convert_model rewrites the QDQ weights its own way and the INT8 IR then
-        # computes other logits than the ONNX file that was scored; read_model + save_model keeps them identical.
+        # read_model, not convert_model: convert_model applies its own transformations to a QDQ graph, and the INT8
+        # IR then computed other logits than the ONNX file that was scored; read_model + save_model keeps them equal.
         net = ov.Core().read_model(str(model_path))
         net.set_rt_info(precision, RT_INFO_HINT)
         with atomic_path(xml_path) as tmp_xml:
