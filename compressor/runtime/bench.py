@@ -85,17 +85,22 @@ def measure(runners: list[Runner], settings: BenchSettings) -> list[tuple[list[f
 
 
 def onnx_runner(path: str | Path, batch: int, threads: int, inputs: np.ndarray | None = None) -> Runner:
-    """``inputs``: images to feed (repeated up to ``batch``); random normal values of the model's shape if None."""
+    """``inputs``: images to feed (repeated up to ``batch``); if None, every graph input gets random values of its
+    shape and element type (normal floats, uniform bytes for the uint8 / int8 inputs of a quantized layer)."""
     from compressor.runtime.sessions import ort_session
 
     sess = ort_session(path, threads)
     inp = sess.get_inputs()[0]
     if inputs is None:
-        shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape[1:])
-        x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+        rng = np.random.default_rng(0)
+        feed = {}
+        for i in sess.get_inputs():
+            shape = (batch, *(d if isinstance(d, int) else 1 for d in i.shape[1:]))
+            ints = {"tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(i.type)
+            feed[i.name] = (rng.integers(np.iinfo(ints).min, np.iinfo(ints).max, shape, dtype=ints) if ints
+                            else rng.standard_normal(shape).astype(np.float32))
     else:
-        x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)
-    feed = {inp.name: x}
+        feed = {inp.name: np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)}
     return lambda: sess.run(None, feed) and None
 
 
