@@ -38,13 +38,13 @@ class StudentEvaluator:
 
     The student trains on ``train`` by KD for ``finetune.steps`` steps, seeded from the candidate itself, so a
     candidate measures the same wherever and whenever it runs; accuracy comes from ``score`` (the validation
-    split, never the test set).
+    split, never the test set) and, when given, its predicted latency from ``latency``.
     """
 
     def __init__(self, parent: nn.Module, table: LayerTable, teacher: nn.Module, train: Split, preprocess: Preprocess,
                  score: Callable[[nn.Module], float], input_shape: tuple[int, ...], finetune: FinetuneConfig,
-                 seed: int = 0, fixed: Sequence[str] = ()):
-        self.fixed = tuple(fixed)
+                 seed: int = 0, fixed: Sequence[str] = (), latency: Callable[[nn.Module], float] | None = None):
+        self.fixed, self.latency = tuple(fixed), latency
         self.parent, self.table, self.teacher, self.train, self.preprocess = parent, table, teacher, train, preprocess
         self.score, self.input_shape, self.finetune, self.seed = score, input_shape, finetune, seed
         self._teacher_logits: torch.Tensor | None = None  # computed on first use, when students do not augment
@@ -62,13 +62,14 @@ class StudentEvaluator:
         except (RuntimeError, ValueError, CompressorError) as exc:
             return Measurement(False, seconds=time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}"[:300])
         params, macs = count_params(student), count_macs(student, self.input_shape)
+        latency_ms = self.latency(student) if self.latency is not None else 0.0
         if not self.finetune.augment and self._teacher_logits is None:
             self._teacher_logits = torch.from_numpy(predict(self.teacher, self.train, self.preprocess))
         losses = distill(student, self.teacher, self.train, self.preprocess, self.finetune,
                          seed=stable_seed(self.seed, candidate.key()), progress=False,
                          cached_logits=None if self.finetune.augment else self._teacher_logits)
         note = "" if np.isfinite(losses).all() else "training diverged (non-finite loss); lower student_lr"
-        return Measurement(True, self.score(student), params, macs, time.perf_counter() - start, note)
+        return Measurement(True, self.score(student), params, macs, time.perf_counter() - start, note, latency_ms)
 
 
 class Executor(Protocol):
