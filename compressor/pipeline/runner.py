@@ -27,7 +27,7 @@ from compressor.errors import CompressorError, GateFailed
 from compressor.passes import PASSES, Context
 from compressor.pipeline.gate import evaluate_gate
 from compressor.pipeline.recipe import Recipe, to_dict
-from compressor.pipeline.report import Report, StageRecord, versions, write_report
+from compressor.pipeline.report import Report, StageRecord, headline, versions, write_report
 from compressor.runtime.bench import BenchSettings, bench_onnx
 from compressor.runtime.export import check_parity, export_onnx, ort_predict, ort_session
 
@@ -191,6 +191,8 @@ class Pipeline:
             engine = build_engine(deployed, self.out_dir / "model.engine", precision=precision)
             report.stages.append(StageRecord("export_tensorrt", "export", details={"engine": engine.name, "precision": precision}))
         report.deployed = deployed.name
+        report.headline = headline(report, next((s.artifact["target"] for s in reversed(report.stages) if s.artifact),
+                                                "ort-cpu"))
         report.gate = evaluate_gate(report, r.budget)
         report.wall_seconds = time.perf_counter() - t_start
         write_report(report, self.out_dir)
