@@ -1,14 +1,18 @@
 """ResNet-56 at equal measured latency: latency-driven LRP pruning vs MAC-driven LRP pruning vs latency-driven L1.
 
-Arm ``lrp-macs`` is today's recipe (recipes/resnet56_prune.yaml: LRP, inner channels per layer, to --macs-reduction
-fewer MACs). Its INT8 model (BatchNorm folded, the quantize pass's default configuration) is timed on the target;
-the latency arms (``lrp-latency``, ``l1-latency``: HALP's knapsack, docs/latency.md) then prune to that same
-INT8 latency, predicted by the latency table, so all arms are compared at one latency. Every arm gets the same
+Arm ``lrp-macs`` is today's recipe (recipes/resnet56_prune.yaml: LRP, inner channels per layer, to a MAC target).
+The latency arms (``lrp-latency``, ``l1-latency``: HALP's knapsack, docs/latency.md) prune to an INT8 latency
+predicted by the latency table. Two ways to put them at one latency: by default the MAC arm runs to
+--macs-reduction, its INT8 model (BatchNorm folded, the quantize pass's default configuration) is timed, and the
+latency arms target that speed-up over the teacher's FP32 (when INT8 alone is already faster, they prune
+nothing, which is then the finding); with --speedup S the latency arms target S and the MAC arm's reduction is
+the one whose one-shot prune (no fine-tuning) measures closest to S, found by bisection. Every arm gets the same
 fine-tuning budget (--steps iterative steps of --finetune-steps KD steps, then --final-steps). At the end every
 pruned model's INT8 form is timed whole (each in its own process, arms alternating, --rounds rounds) at batch 1 and
 64 next to the teacher's FP32, and scored on the test split (FP32 and INT8 top-1). Test accuracy decides nothing.
 
     python benchmarks/latency_prune.py --precision bf16 --json out/latency_prune.json          # the benchmark
+    python benchmarks/latency_prune.py --precision bf16 --speedup 4 --json out/latency_prune_x4.json
     python benchmarks/latency_prune.py --model cifar_resnet20 --teacher demo/cifar10_resnet20.pt \\
         --data demo/cifar10-demo.tar.gz --finetune-steps 1 --final-steps 1 --width-step 8 --rounds 1   # a check
 """
@@ -51,6 +55,20 @@ def int8_model(model: torch.nn.Module, splits, pre: Preprocess, work: Path, name
     return QuantProblem(onnx.load(path), splits.calibration, splits.validation, pre).build(QuantConfig())
 
 
+def match_reduction(teacher: torch.nn.Module, ctx: Context, speedup: float, int8_speedup, probes: int = 6) -> float:
+    """The MAC reduction whose one-shot MAC-driven LRP prune (no fine-tuning) measures closest to ``speedup`` in
+    INT8, by bisection over [1.2, 8]; prints every probe."""
+    lo, hi, best = 1.2, 8.0, (float("inf"), 2.5)
+    for _ in range(probes):
+        mid = (lo * hi) ** 0.5
+        cfg = PruneConfig(criterion="lrp", target_macs_reduction=mid, scope="inner", global_ranking=False)
+        got = int8_speedup(Prune(cfg).run(teacher, ctx).model)
+        print(f"MAC-driven probe: x{mid:.2f} fewer MACs -> INT8 x{got:.3f}", flush=True)
+        best = min(best, (abs(got - speedup), mid))
+        lo, hi = (mid, hi) if got < speedup else (lo, mid)
+    return best[1]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(SHARED / "cifar10" / "cifar10-jpeg.tar.gz"))
@@ -59,6 +77,7 @@ def main() -> None:
     p.add_argument("--arms", default=",".join(ARMS), help="lrp-macs always runs: it sets the latency")
     p.add_argument("--target", default="ort-cpu")
     p.add_argument("--macs-reduction", type=float, default=2.5, help="the MAC arm's target (sets the latency)")
+    p.add_argument("--speedup", type=float, help="the latency instead: INT8 speed-up over the teacher's FP32")
     p.add_argument("--steps", type=int, default=8, help="iterative pruning steps of every arm")
     p.add_argument("--finetune-steps", type=int, default=300)
     p.add_argument("--final-steps", type=int, default=4000)
@@ -88,16 +107,22 @@ def main() -> None:
                   precision=args.precision)
 
     models, details, minutes = {}, {}, {}
+    baseline = lm.measure_model(teacher, SHAPE, "fp32")
+
+    def int8_speedup(model: torch.nn.Module) -> float:
+        return baseline / lm.measure_model(model, SHAPE)
+
+    reduction = args.macs_reduction
+    if args.speedup is not None:
+        reduction = match_reduction(teacher, ctx, args.speedup, int8_speedup)
     t0 = time.time()
-    mac_cfg = PruneConfig(criterion="lrp", target_macs_reduction=args.macs_reduction, global_ranking=False,
+    mac_cfg = PruneConfig(criterion="lrp", target_macs_reduction=reduction, global_ranking=False,
                           step=0.6 / args.steps, **common)
     models["lrp-macs"] = Prune(mac_cfg).run(teacher, ctx).model
     minutes["lrp-macs"] = (time.time() - t0) / 60
-    baseline = lm.measure_model(teacher, SHAPE, "fp32")
-    matched = lm.table.target.time_model(models["lrp-macs"], SHAPE, "int8", [args.batch])[args.batch]
-    speedup = baseline / matched
-    print(f"lrp-macs: INT8 {matched:.3f} ms at batch {args.batch} = x{speedup:.3f} the teacher's FP32 "
-          f"({baseline:.3f} ms); the latency arms prune to that", flush=True)
+    speedup = args.speedup if args.speedup is not None else int8_speedup(models["lrp-macs"])
+    print(f"lrp-macs: x{reduction:.2f} fewer MACs; the latency arms prune to an INT8 speed-up of x{speedup:.3f} "
+          f"over the teacher's FP32 ({baseline:.3f} ms at batch {args.batch})", flush=True)
     for arm in (a for a in arms if a.endswith("-latency")):
         t0 = time.time()
         cfg = PruneConfig(criterion=arm.split("-")[0], target_speedup=speedup, target=args.target,

@@ -155,7 +155,7 @@ def test_n2n_reward_and_limits_on_latency(teacher, demo_splits, tmp_path, stair_
     assert not f.within_limits(slow) and f(slow, 15) == -1.0  # 20 / 6 < 4: over the limit after the horizon
     config = N2NConfig(removal_iterations=1, shrink_iterations=0, rollouts=2, student_steps=1, student_batch_size=16,
                        subset_size=64, final_steps=0, tune_mode=False, size_measure="latency")
-    search = N2NSearch(teacher, Context(demo_splits, teacher, Preprocess(), SHAPE, tmp_path, progress=False), config)
+    search = N2NSearch(teacher, _small_ctx(demo_splits, teacher, tmp_path), config)
     result = search.run()
     parent_ms = search.reward.teacher_latency_ms
     assert parent_ms == pytest.approx(stair_target.time_model(teacher, SHAPE, "int8", [64])[64])
@@ -210,6 +210,19 @@ def test_profile_times_the_widths_the_prune_pass_may_choose(cli, stair_target, t
     assert code == 0 and "0 timed now" in out
     code, _, err = cli("profile", "--model", "cifar_resnet20", "--target", "nowhere")
     assert code == 2 and "latency target 'nowhere' is not available" in err
+
+
+def test_a_second_runtime_plugs_in_with_its_own_table(cli, stair_target, monkeypatch, tmp_path):
+    """The hook OpenVINO's CPU runtime will use: an entry of TARGETS, with its own fingerprint and table."""
+    from compressor.runtime import latency_targets
+
+    other = StairTarget(tag="other-runtime")
+    other.name = "openvino-cpu"
+    monkeypatch.setitem(latency_targets.TARGETS, "openvino-cpu", lambda threads=2: other)
+    code, out, err = cli("profile", "--model", "cifar_resnet20", "--target", "openvino-cpu", "--width-step", "16",
+                         "--quiet")
+    assert code == 0 and other.layers_timed > 0 and stair_target.layers_timed == 0, err
+    assert "openvino-cpu-" in out.splitlines()[-1]  # the table file is named after the runtime
 
 
 @pytest.mark.parametrize("shape", [

@@ -44,7 +44,8 @@ class PruneConfig:
       :mod:`compressor.pruning.knapsack`): the pruned model, predicted in ``deploy_precision`` at ``latency_batch``
       on ``target`` by the measured latency table (``compressor profile``), must run ``target_speedup`` times
       faster than the input model measured in FP32 there. Groups go by importance per unit of saved latency;
-      ``width_step`` limits the candidate widths to multiples of it (fewer layer shapes to time).
+      ``width_step`` limits the candidate widths to multiples of it (fewer layer shapes to time); round_to and
+      global_ranking do not apply (the knapsack ranks globally). ``threads``: the target runtime's threads.
     * schedule: one_shot | iterative; step: fraction of the original prunable filters removed per step.
     * scope: all | inner (inner = only channels that pass through no residual addition or padding shortcut).
     * global_ranking: one ranking across layers (the paper) or the same fraction in every layer.

@@ -5,8 +5,8 @@ runtime version, thread count), how a single layer looks once deployed at a prec
 time ONNX files on it (``measure``). :class:`OrtCpuTarget` is ONNX Runtime's CPU provider: FP32 is the exported
 graph as is, INT8 the QDQ form the quantize pass emits for ``ort-cpu`` (:func:`compressor.quant.qdq.quantize`, its
 rewrites included), and every file is timed in a fresh process that holds only its session
-(:func:`compressor.runtime.bench.measure_onnx_isolated`). Another runtime plugs in with :func:`register_target`
-(OpenVINO's CPU plugin: its bench backend and version in ``fingerprint``); tests register analytic doubles.
+(:func:`compressor.runtime.bench.measure_onnx_isolated`). Another runtime plugs in as an entry of :data:`TARGETS`
+(OpenVINO's CPU plugin: its bench backend, and its version in ``fingerprint``); tests put analytic doubles there.
 
 A layer is measured *inside* the deployed graph: the INT8 layer reads and writes uint8 tensors (the quantize at its
 input and the dequantize at its output are removed), as it does between two quantized layers of a whole model.
@@ -303,12 +303,8 @@ class OrtCpuTarget:
 
 
 TARGETS: dict[str, Callable[..., LatencyTarget]] = {"ort-cpu": OrtCpuTarget}
-
-
-def register_target(name: str, factory: Callable[..., LatencyTarget]) -> None:
-    """Make a runtime available to ``compressor profile``, ``prune: {target: ...}`` and ``n2n: {target: ...}``;
-    ``factory(threads=...)`` builds it."""
-    TARGETS[name] = factory
+"""Runtimes by name; ``factory(threads=...)`` builds one. Another runtime is added here (OpenVINO's CPU plugin as
+``"openvino-cpu"``): the prune and n2n configs take their allowed ``target`` values from this mapping."""
 
 
 def make_target(name: str, threads: int = 2) -> LatencyTarget:
