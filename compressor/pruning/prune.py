@@ -46,7 +46,8 @@ class PruneConfig:
       faster than the input model measured in FP32 there. Groups go by importance per unit of saved latency;
       ``width_step`` limits the candidate widths to multiples of it (fewer layer shapes to time); round_to and
       global_ranking do not apply (the knapsack ranks globally). ``threads``: the target runtime's threads.
-    * schedule: one_shot | iterative; step: fraction of the original prunable filters removed per step.
+    * schedule: one_shot | iterative; step: fraction of the original prunable filters removed per step (with
+      target_speedup: fraction of the way from the input's predicted latency to the budget, HALP's schedule).
     * scope: all | inner (inner = only channels that pass through no residual addition or padding shortcut).
     * global_ranking: one ranking across layers (the paper) or the same fraction in every layer.
     * min_channels: floor per conv (≥ 1: channels; < 1: fraction of its original width); round_to: keep widths
