@@ -186,7 +186,8 @@ def test_report_headline_and_slower_stage_flag():
     assert [s["stage"] for s in h["slower_stages"]] == ["01_prune"] and h["slower_stages"][0]["input"] == "teacher"
     report.headline = h
     md = render_markdown(report)
-    assert md.index("## Headline (ort-cpu)") < md.index("| stage |")
+    assert md.index("## Headline (ort-cpu)") < md.index("`model_int8.onnx` (deployed): test top-1 90.50 % (-0.50 pt")
+    assert md.index("## Headline (ort-cpu)") < md.index("| stage |") < md.index("\n\nDeployed artifact")
     assert "| the teacher on ort-cpu | 2.00× | 3.00× |" in md and "**Slower than its input:** 01_prune" in md
     assert Report.from_dict(json.loads(json.dumps(report.to_dict()))).headline == h
     # Another target reads its own figures; the common baseline stays the teacher's ORT FP32.

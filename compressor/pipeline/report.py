@@ -144,7 +144,7 @@ def render_headline(h: dict[str, Any]) -> list[str]:
         return []
     t = h["target"]
     lines = [f"## Headline ({t})", "",
-             f"Deployed `{h['deployed']}`: test top-1 {_fmt(h['top1'], '.2f')} % "
+             f"`{h['deployed']}` (deployed): test top-1 {_fmt(h['top1'], '.2f')} % "
              f"({_fmt(h['delta_top1'], '+.2f')} pt vs the teacher).", "",
              "| speed-up of the deployed artifact over | batch 1 (p50 latency) | batch 64 (throughput) |", "|---|---|---|",
              f"| the teacher on {t} | {_x(h['vs_teacher']['batch1_speedup'])} | "
