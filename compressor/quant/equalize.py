@@ -44,7 +44,7 @@ class Pair:
 
 @dataclass
 class Equalization:
-    """What :func:`equalize` did: the pairs, sweeps until convergence, and per pair the channels it could move
+    """What :func:`equalize` did: the pairs, sweeps until convergence, and per pair the channels it may move
     (all of them for ReLU / identity, the provably unclipped ones for ReLU6)."""
 
     pairs: list[Pair] = field(default_factory=list)
@@ -54,7 +54,7 @@ class Equalization:
 
     def as_dict(self) -> dict:
         return {"pairs": len(self.pairs), "sweeps": self.sweeps,
-                "channels_moved": sum(self.movable.values()), "channels": sum(self.channels.values())}
+                "channels_movable": sum(self.movable.values()), "channels": sum(self.channels.values())}
 
 
 def _clip_bounds(node: onnx.NodeProto, inits: dict) -> tuple[float, float] | None:
@@ -110,17 +110,21 @@ def _input_bounds(model: onnx.ModelProto, conv: onnx.NodeProto, producers: dict,
 def output_upper_bound(w: np.ndarray, b: np.ndarray, low: float, high: float) -> np.ndarray:
     """Per output channel, the largest value a conv can produce on inputs in [low, high] (zero padding included,
     which needs low ≤ 0 ≤ high): b + Σ max(w·high, w·low)."""
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         pos = np.where(w > 0, w * high, 0.0) + np.where(w < 0, w * low, 0.0)
-    flat = np.nan_to_num(pos.reshape(w.shape[0], -1), nan=0.0)
-    return b + flat.sum(1)
+        return b + np.nan_to_num(pos.reshape(w.shape[0], -1), nan=0.0, posinf=np.inf).sum(1)
 
 
-def _input_channel_view(w2: np.ndarray, group: int, channels: int) -> list[tuple[slice, int]]:
-    """For each input channel c of a (grouped) conv: the output rows it feeds and its column in the weight."""
-    per_group_in, per_group_out = w2.shape[1], w2.shape[0] // group
-    return [(slice((c // per_group_in) * per_group_out, (c // per_group_in + 1) * per_group_out), c % per_group_in)
-            for c in range(channels)]
+def _input_ranges(w2: np.ndarray, group: int) -> np.ndarray:
+    """max |w| per input channel of a (grouped) conv: channel c is column c mod (C/group) of group c // (C/group)."""
+    v = np.abs(w2).reshape(group, w2.shape[0] // group, w2.shape[1], -1)
+    return v.max(axis=(1, 3)).reshape(-1)
+
+
+def _scale_inputs(w2: np.ndarray, s: np.ndarray, group: int) -> np.ndarray:
+    """``w2`` with input channel c multiplied by s_c."""
+    v = w2.reshape(group, w2.shape[0] // group, w2.shape[1], -1) * s.reshape(group, 1, w2.shape[1], 1)
+    return v.reshape(w2.shape)
 
 
 def equalize(model: onnx.ModelProto, max_sweeps: int = 100, tol: float = 1e-6) -> tuple[onnx.ModelProto, Equalization]:
@@ -142,25 +146,27 @@ def equalize(model: onnx.ModelProto, max_sweeps: int = 100, tol: float = 1e-6) -
         largest = 0.0
         for p in pairs:
             a, c = nodes[p.first], nodes[p.second]
-            views = _input_channel_view(w[p.second], attribute(c, "group", 1), w[p.first].shape[0])
+            group = attribute(c, "group", 1)
             r1 = np.abs(w[p.first]).reshape(w[p.first].shape[0], -1).max(1)
-            r2 = np.array([np.abs(w[p.second][rows, col]).max() for rows, col in views])
+            r2 = _input_ranges(w[p.second], group)
             with np.errstate(divide="ignore", invalid="ignore"):
                 s = np.where((r1 > 0) & (r2 > 0), np.sqrt(r1 / r2), 1.0)
+            report.channels[p.first] = len(s)
             if p.act == "clip":
                 low, high = _input_bounds(out, a, producers, inits)
                 bound = output_upper_bound(w[p.first], b[p.first], low, high)
-                ceiling = p.clip[1]
-                exact = bound <= ceiling
-                s = np.where(exact, np.maximum(s, bound / ceiling), 1.0)
+                exact = bound <= p.clip[1]
+                s = np.where(exact, np.maximum(s, bound / p.clip[1]), 1.0)
+                # Equalizing only some channels can lower the pair's objective (a moved channel may set a new
+                # maximum range); such a step is skipped. Unconstrained pairs reach the optimum (paper, §4.1).
+                if _objective_after(w[p.first], w[p.second], s, group) < pair_objective(w[p.first], w[p.second], group):
+                    s = np.ones_like(s)
                 report.movable[p.first] = int(exact.sum())
             else:
                 report.movable[p.first] = len(s)
-            report.channels[p.first] = len(s)
             w[p.first] /= s.reshape(-1, *[1] * (w[p.first].ndim - 1))
             b[p.first] /= s
-            for (rows, col), si in zip(views, s):
-                w[p.second][rows, col] *= si
+            w[p.second] = _scale_inputs(w[p.second], s, group)
             largest = max(largest, float(np.abs(np.log(s)).max()))
         report.sweeps = sweep
         if largest < tol:
@@ -173,8 +179,12 @@ def equalize(model: onnx.ModelProto, max_sweeps: int = 100, tol: float = 1e-6) -
     return out, report
 
 
+def _objective_after(w1: np.ndarray, w2: np.ndarray, s: np.ndarray, group: int) -> float:
+    return pair_objective(w1 / s.reshape(-1, *[1] * (w1.ndim - 1)), _scale_inputs(w2, s, group), group)
+
+
 def pair_objective(w1: np.ndarray, w2: np.ndarray, group: int) -> float:
     """The paper's objective for one pair: Σ_i p1_i p2_i with p_i = r_i / max_j r_j (eq. 9)."""
     r1 = np.abs(w1).reshape(w1.shape[0], -1).max(1)
-    r2 = np.array([np.abs(w2[rows, col]).max() for rows, col in _input_channel_view(w2, group, w1.shape[0])])
+    r2 = _input_ranges(w2, group)
     return float(np.sum((r1 / r1.max()) * (r2 / r2.max())))

@@ -42,7 +42,7 @@ from compressor.runtime.export import export_onnx
 from compressor.runtime.latency import measure_isolated
 
 STRATEGIES = ("xgboost", "random", "ga", "grid")
-SWITCH = ("search", "on", "off")
+SWITCH = ("search", True, False)
 
 
 @dataclass
@@ -51,7 +51,7 @@ class QuantizeConfig:
     max_accuracy_drop: the accuracy goal, in points below FP32 validation top-1; the search stops once a
     configuration meets it, and when none does, up to max_float_layers layers go back to float, most sensitive
     first, until it holds (the report lists them).
-    cle / bias_correction / adaround: search (a knob of the space), on or off. adaround_iterations: AdaRound's
+    cle / bias_correction / adaround: search (a knob of the space), true or false (YAML on / off). adaround_iterations: AdaRound's
     steps per layer. weight_images: calibration images AdaRound and bias correction use.
     keep_float: module-name patterns (fnmatch, e.g. "layer3.*", "linear") never quantized.
     baselines: also run these strategies with the same budget for the history plot.
@@ -71,9 +71,9 @@ class QuantizeConfig:
     max_seconds: float | None = param(None, gt=0)
     max_accuracy_drop: float | None = param(None, ge=0)
     max_float_layers: int = param(8, ge=0)
-    cle: str = param("search", choices=SWITCH)
-    bias_correction: str = param("search", choices=SWITCH)
-    adaround: str = param("search", choices=SWITCH)
+    cle: str | bool = param("search", choices=SWITCH)
+    bias_correction: str | bool = param("search", choices=SWITCH)
+    adaround: str | bool = param("search", choices=SWITCH)
     adaround_iterations: int = param(300, ge=1)
     weight_images: int = param(256, ge=1)
     keep_float: tuple[str, ...] = ()
@@ -114,8 +114,7 @@ class Quantune:
 
     def problem(self, float_onnx: onnx.ModelProto, ctx: Context) -> QuantProblem:
         c = self.config
-        restrict = {k: (getattr(c, k) == "on",) for k in ("cle", "bias_correction", "adaround")
-                    if getattr(c, k) != "search"}
+        restrict = {k: (getattr(c, k),) for k in ("cle", "bias_correction", "adaround") if getattr(c, k) != "search"}
         return QuantProblem(float_onnx, ctx.splits.calibration, ctx.splits.validation, ctx.preprocess, c.target,
                             c.mixed_fraction, keep_float=match_layers(float_onnx, c.keep_float), restrict=restrict,
                             adaround=AdaRoundSettings(iterations=c.adaround_iterations), weight_images=c.weight_images,
@@ -136,19 +135,19 @@ class Quantune:
             for s in (c.strategy, *[b for b in c.baselines if b != c.strategy])
         ]
         fallback: Fallback | None = None
-        results, extra = problem.results, ()
-        if target_acc is not None and max(results.values()) < target_acc:
-            top = min(results, key=lambda k: (-results[k], k))
+        scores, extra = problem.results, ()
+        if target_acc is not None and max(scores.values()) < target_acc:
+            top = min(scores, key=lambda k: (-scores[k], k))
             fallback = accuracy_fallback(problem, top, target_acc, c.max_float_layers, ctx.progress)
-            results, extra = {top: fallback.val_top1}, tuple(fallback.nodes)
-        pool = latency_pool(results, c.target, c.accuracy_tolerance, c.latency_candidates)
+            scores, extra = {top: fallback.val_top1}, tuple(fallback.nodes)
+        pool = latency_pool(scores, c.target, c.accuracy_tolerance, c.latency_candidates)
         models = {f"int8:{cfg.key()}": problem.build(cfg, extra) for cfg in pool}
         images = ctx.preprocess(ctx.splits.validation.images[: c.latency_batch]).numpy()
         timed = self.measure_latency({"fp32": problem.float_model, **models}, images, c.latency_batch, c.threads,
                                      progress=ctx.progress)
         lat = {cfg: timed[f"int8:{cfg.key()}"] for cfg in pool}
         checks = {cfg: speed_check(timed["fp32"], lat[cfg], c.min_speedup) for cfg in pool}
-        best = choose(pool, results, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance)
+        best = choose(pool, scores, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance)
         qdq, speed = models[f"int8:{best.key()}"], checks[best]
         with atomic_path(ctx.out_dir / "quantized_int8.onnx") as tmp:
             onnx.save(qdq, tmp)
@@ -160,8 +159,8 @@ class Quantune:
             "target": c.target,
             "config": best.as_dict(),
             "float_layers": [module_name(n) for n in [*problem.float_layers(best), *extra]],
-            "val_top1": results[best],
-            "latency_candidates": {cfg.key(): {**lat[cfg].as_dict(), "val_top1": results[cfg]} for cfg in pool},
+            "val_top1": scores[best],
+            "latency_candidates": {cfg.key(): {**lat[cfg].as_dict(), "val_top1": scores[cfg]} for cfg in pool},
             "fp32_val_top1": fp32_val,
             "evaluations": problem.evaluations,
             "calibration_runs": problem.calibration_runs,
