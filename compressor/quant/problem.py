@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import onnx
 
 from compressor.core.data import Preprocess, Split
@@ -52,6 +53,8 @@ class QuantProblem:
         self._sensitivity: dict[QuantConfig, dict[str, float]] = {}
         self._tables: dict[tuple, weights.WeightTable] = {}
         self.results: dict[QuantConfig, float] = {}
+        self.agreement: dict[QuantConfig, float] = {}  # validation top-1 agreement with the float model, percent
+        self._float_predictions = None
         self._extra: dict[tuple[QuantConfig, tuple[str, ...]], float] = {}
         self.evaluations = 0
 
@@ -70,12 +73,7 @@ class QuantProblem:
         return sum(cal.runs for _, cal in self._graphs.values())
 
     def weight_key(self, config: QuantConfig) -> tuple:
-        """What AdaRound and bias correction depend on: the graph, the weight grid (granularity, power-of-two
-        scales) and which of the two run. Activation settings do not enter: both work on float activations."""
-        tensorrt = self.target == "tensorrt"
-        granularity = "per_channel" if tensorrt else config.granularity
-        return (config.cle, granularity, config.scheme == "power_of_two" and not tensorrt, config.adaround,
-                config.bias_correction)
+        return weight_key(config, self.target)
 
     def weight_table(self, config: QuantConfig) -> weights.WeightTable | None:
         """AdaRound / bias correction results for ``config``'s weight key, computed once with every layer but
@@ -94,7 +92,7 @@ class QuantProblem:
 
     def weight_summaries(self) -> dict[str, dict]:
         """Per weight key computed: layers, seconds, and how many layers AdaRound reconstructed better."""
-        return {"-".join(map(str, k)): t.summary() for k, t in self._tables.items()}
+        return {key_name(k): t.summary() for k, t in self._tables.items()}
 
     def _quantize(self, config: QuantConfig, exclude: tuple[str, ...]) -> onnx.ModelProto:
         model, calibrator = self.graph(config.cle)
@@ -135,8 +133,29 @@ class QuantProblem:
             return self._extra[key]
         if config not in self.results:
             self.evaluations += 1
-            self.results[config] = top1_onnx(self.build(config), self.validation, self.preprocess)
+            if self._float_predictions is None:
+                self._float_predictions = _predict(self.float_model, self.validation, self.preprocess)
+            pred = _predict(self.build(config), self.validation, self.preprocess)
+            self.results[config] = float((pred == self.validation.labels).mean() * 100)
+            self.agreement[config] = float((pred == self._float_predictions).mean() * 100)
         return self.results[config]
+
+
+def _predict(model: onnx.ModelProto, split: Split, preprocess: Preprocess) -> np.ndarray:
+    return ort_predict(ort_session(model), split, preprocess, 250).argmax(1)
+
+
+def key_name(key: tuple) -> str:
+    return "-".join(map(str, key))
+
+
+def weight_key(config: QuantConfig, target: str = "ort-cpu") -> tuple:
+    """What AdaRound and bias correction depend on: the graph, the weight grid (granularity, power-of-two scales)
+    and which of the two run. Activation settings do not enter: both work on float activations."""
+    tensorrt = target == "tensorrt"
+    granularity = "per_channel" if tensorrt else config.granularity
+    return (config.cle, granularity, config.scheme == "power_of_two" and not tensorrt, config.adaround,
+            config.bias_correction)
 
 
 def top1_onnx(model: onnx.ModelProto | str, split: Split, preprocess: Preprocess, batch: int = 250) -> float:
