@@ -134,12 +134,12 @@ class Quantune:
             search(self._strategy(s, descriptors, fp32_val), space, problem.evaluate, budget, ctx.seed)
             for s in (c.strategy, *[b for b in c.baselines if b != c.strategy])
         ]
-        fallback: Fallback | None = None
+        goal: Fallback | None = None  # the accuracy goal's layer-by-layer fallback, when the search missed it
         scores, extra = problem.results, ()
         if target_acc is not None and max(scores.values()) < target_acc:
             top = min(scores, key=lambda k: (-scores[k], k))
-            fallback = accuracy_fallback(problem, top, target_acc, c.max_float_layers, ctx.progress)
-            scores, extra = {top: fallback.val_top1}, tuple(fallback.nodes)
+            goal = accuracy_fallback(problem, top, target_acc, c.max_float_layers, ctx.progress)
+            scores, extra = {top: goal.val_top1}, tuple(goal.nodes)
         pool = latency_pool(scores, c.target, c.accuracy_tolerance, c.latency_candidates)
         models = {f"int8:{cfg.key()}": problem.build(cfg, extra) for cfg in pool}
         images = ctx.preprocess(ctx.splits.validation.images[: c.latency_batch]).numpy()
@@ -164,7 +164,7 @@ class Quantune:
             "fp32_val_top1": fp32_val,
             "evaluations": problem.evaluations,
             "calibration_runs": problem.calibration_runs,
-            "accuracy_goal": None if fallback is None else fallback.as_dict(),
+            "accuracy_goal": None if goal is None else goal.as_dict(),
             "equalization": None if problem.equalization is None else problem.equalization.as_dict(),
             "weight_tables": problem.weight_summaries(),
             "search": [r.as_dict() for r in results],
