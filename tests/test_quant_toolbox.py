@@ -160,8 +160,9 @@ def test_adaround_rounds_within_one_step_and_reconstructs_better(resnet_onnx, sp
     scale = torch.from_numpy(np.abs(w).max() / 127 * np.ones((1, 1, 1, 1), np.float32))  # per-tensor grid
     wt = torch.from_numpy(w.copy())
     layer = weights.torch_layer(node, b)
-    cols_layer, xc, yc = weights.column_problem(node, b, w.shape, x["cal"][0], x["cal"][2], 8192,
-                                                torch.Generator().manual_seed(0))
+    image, pos = weights.sample_columns(tuple(x["cal"][2].shape), 8192, torch.Generator().manual_seed(0))
+    cols_layer, xc = weights.column_problem(node, b, w.shape, x["cal"][0], image, pos)
+    yc = weights.outputs_at(x["cal"][2], image, pos)
     q = adaround(wt, scale, -127, 127, cols_layer, torch.relu, xc, torch.relu(yc),
                  AdaRoundSettings(iterations=150, batch=1024))
     nearest = torch.round(wt / scale)

@@ -29,7 +29,7 @@ class AdaRoundSettings:
 
     iterations: int = 300
     batch: int = 1024  # sampled output positions per step
-    columns: int = 16384  # output positions sampled once per layer from the calibration images
+    columns: int = 8192  # output positions sampled once per layer from the calibration images
     lr: float = 1e-2
     reg: float = 0.01
     beta: tuple[float, float] = (20.0, 2.0)

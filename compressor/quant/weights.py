@@ -26,7 +26,7 @@ from onnx import numpy_helper
 from tqdm import tqdm
 
 from compressor.quant.adaround import AdaRoundSettings, adaround, reconstruction_error
-from compressor.quant.bias_correction import add_to_bias, channel_mean_error
+from compressor.quant.bias_correction import add_to_bias, channel_means
 from compressor.quant.calibrate import float_tensors
 from compressor.quant.qdq import attribute, graph_index, set_initializer
 
@@ -110,39 +110,41 @@ def _conv_params(node: onnx.NodeProto) -> tuple[tuple[int, ...], list[int], list
             list(attribute(node, "dilations", [1, 1])), attribute(node, "group", 1))
 
 
+def sample_columns(y_shape: tuple[int, ...], columns: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, position) pairs drawn for AdaRound from a layer's output of shape (N, C, H, W) or (N, C)."""
+    positions = int(np.prod(y_shape[2:])) if len(y_shape) > 2 else 1
+    pick = torch.randint(0, y_shape[0] * positions, (columns,), generator=gen)
+    return pick // positions, pick % positions
+
+
 def column_problem(node: onnx.NodeProto, bias: np.ndarray | None, w_shape: tuple[int, ...], x_hat: torch.Tensor,
-                   y: torch.Tensor, columns: int, gen: torch.Generator) -> tuple[Callable, torch.Tensor, torch.Tensor]:
-    """The layer as a matrix product on sampled output positions, for AdaRound: ``(layer, X, Y)`` with X the
-    input patches of ``columns`` random (image, position) pairs, Y the float outputs there, and ``layer(X, w)``
-    the outputs from weights w. The loss of AdaRound's reference implementation (AIMET) sums over channels and
-    averages over images and positions, so sampling positions keeps it unbiased at a fraction of a full
-    convolution's cost."""
+                   image: torch.Tensor, pos: torch.Tensor) -> tuple[Callable, torch.Tensor]:
+    """The layer as a matrix product on sampled output positions, for AdaRound: ``(layer, X)`` with X the input
+    patches at the (image, position) pairs and ``layer(X, w)`` the outputs there. The loss of AdaRound's reference
+    implementation (AIMET) sums over channels and averages over images and positions, so sampling positions keeps
+    it unbiased at a fraction of a full convolution's cost."""
     b = None if bias is None else torch.from_numpy(np.array(bias, np.float32))
     if node.op_type == "Gemm":
-        idx = torch.randint(0, len(x_hat), (min(columns, len(x_hat)),), generator=gen)
-        return torch_layer(node, bias), x_hat[idx], y[idx]
+        return torch_layer(node, bias), x_hat[image]
     pads, stride, dilation, group = _conv_params(node)
     out_ch, in_per_group = w_shape[0], w_shape[1]
     kernel = tuple(w_shape[2:])
-    positions = y.shape[2] * y.shape[3]
-    pick = torch.randint(0, len(x_hat) * positions, (columns,), generator=gen)
-    image, pos = pick // positions, pick % positions
-    patches = []
+    x_cols = torch.empty(len(image), group * in_per_group * int(np.prod(kernel)))
     for i in torch.unique(image):
         sel = image == i
         xi = F.pad(x_hat[i : i + 1], pads) if any(pads) else x_hat[i : i + 1]
-        cols = F.unfold(xi, kernel, dilation=dilation, stride=stride)[0]  # (C·k·k, positions)
-        patches.append((sel, cols[:, pos[sel]].t()))
-    x_cols = torch.empty(columns, group * in_per_group * int(np.prod(kernel)))
-    for sel, cols in patches:
-        x_cols[sel] = cols
-    y_cols = y.flatten(2)[image, :, pos]  # (columns, out_ch)
-    x_cols = x_cols.view(columns, group, -1)
+        x_cols[sel] = F.unfold(xi, kernel, dilation=dilation, stride=stride)[0][:, pos[sel]].t()  # (C·k·k, positions)
+    x_cols = x_cols.view(len(image), group, -1)
 
     def layer(x, w):
         out = torch.einsum("gok,bgk->bgo", w.reshape(group, out_ch // group, -1), x).reshape(len(x), out_ch)
         return out if b is None else out + b
-    return layer, x_cols, y_cols
+    return layer, x_cols
+
+
+def outputs_at(y: torch.Tensor, image: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """y (N, C, H, W) or (N, C) at (image, position) pairs: (pairs, C)."""
+    return y[image] if y.ndim == 2 else y.flatten(2)[image, :, pos]
 
 
 def activation(model: onnx.ModelProto, node: onnx.NodeProto) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -181,74 +183,106 @@ def _weights_as_inputs(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> t
     return out, feeds
 
 
+CHUNK = 16  # images per float pass: every layer's output of a chunk is held at once
+
+
 def optimize(float_model: onnx.ModelProto, qdq: onnx.ModelProto, images: np.ndarray,
              adaround_settings: AdaRoundSettings | None, bias_correction: bool, seed: int = 0,
              progress: bool = False) -> WeightTable:
     """AdaRound (when ``adaround_settings`` is given) and/or bias correction for every layer quantized in ``qdq``,
-    in graph order, on ``images`` (preprocessed calibration images)."""
+    in graph order, on ``images`` (preprocessed calibration images).
+
+    The float model runs once, in chunks, keeping per layer what the methods need of W x: its mean per channel
+    and, for AdaRound, its values at sampled output positions. The model with the decided weights runs once per
+    layer (x̂ depends on every earlier decision); expectations over x̂ come from its mean image, since a layer is
+    affine in its input."""
     start = time.perf_counter()
     grids = read_grids(qdq)
     order = [n for n in float_model.graph.node if n.name in grids]
     model, float_feeds = _weights_as_inputs(float_model, order)
     names = set(float_tensors(float_model))
+    graph_in = model.graph.input[0].name
+    for node in order:
+        for t in (node.input[0], node.output[0]):
+            if t in names and t not in {o.name for o in model.graph.output} and t != graph_in:
+                model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.log_severity_level = 3
-    for node in order:
-        for t in (node.input[0], node.output[0]):
-            if t in names and t not in {o.name for o in model.graph.output} and t != model.graph.input[0].name:
-                model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    graph_in = model.graph.input[0].name
-    quant_feeds = dict(float_feeds)
-
-    def run(feeds: dict, tensor: str) -> torch.Tensor:
-        if tensor == graph_in:
-            return torch.from_numpy(images)
-        return torch.from_numpy(session.run([tensor], {graph_in: images, **feeds})[0])
-
     table = WeightTable()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small per-layer tensors: a second thread costs more in wake-ups than it gains
     try:
-        _layers(order, grids, float_model, float_feeds, quant_feeds, run, adaround_settings, bias_correction, seed,
-                progress, table)
+        reference = _float_pass(session, graph_in, images, order, float_feeds, adaround_settings, seed)
+        quant_feeds = dict(float_feeds)
+
+        def decided_input(tensor: str) -> torch.Tensor:
+            if tensor == graph_in:
+                return torch.from_numpy(images)
+            return torch.from_numpy(session.run([tensor], {graph_in: images, **quant_feeds})[0])
+
+        for i, node in enumerate(tqdm(order, desc="weights", unit="layer", disable=not progress, leave=False)):
+            table.layers[node.name] = _layer(node, grids[node.name], float_model, float_feeds, quant_feeds,
+                                             decided_input(node.input[0]), reference[node.name], adaround_settings,
+                                             bias_correction, seed + i)
     finally:
         torch.set_num_threads(threads)
     table.seconds = time.perf_counter() - start
     return table
 
 
-def _layers(order, grids, float_model, float_feeds, quant_feeds, run, adaround_settings, bias_correction, seed,
-            progress, table) -> None:  # noqa: ANN001
-    for i, node in enumerate(tqdm(order, desc="weights", unit="layer", disable=not progress, leave=False)):
-        grid = grids[node.name]
-        w_name = f"{node.name}__weight_input_1"
-        b_name = f"{node.name}__weight_input_2"
-        w = torch.from_numpy(np.array(float_feeds[w_name]))
-        bias = float_feeds.get(b_name)
-        layer, act = torch_layer(node, bias), activation(float_model, node)
-        y, x_hat = run(float_feeds, node.output[0]), run(quant_feeds, node.input[0])
-        scale = torch.from_numpy(grid.scale)
-        nearest = torch.from_numpy(grid.q[tuple(slice(0, d) for d in w.shape)].astype(np.float32))
-        entry = LayerWeights()
-        q = nearest
-        if adaround_settings is not None:
-            gen = torch.Generator().manual_seed(seed + i)
-            cols_layer, x_cols, y_cols = column_problem(node, bias, tuple(w.shape), x_hat, y,
-                                                        adaround_settings.columns, gen)
-            q = adaround(w, scale, QMIN, QMAX, cols_layer, act, x_cols, act(y_cols), adaround_settings, seed + i)
-            target = act(y)
-            entry.error_nearest = reconstruction_error(layer, act, nearest * scale, x_hat, target)
-            entry.error_adaround = reconstruction_error(layer, act, q * scale, x_hat, target)
-            entry.q = q.numpy().astype(np.int8)
-        w_hat = (q * scale).float()
-        if bias_correction and bias is not None:
-            with torch.no_grad():
-                entry.bias_delta = channel_mean_error(y, layer(x_hat, w_hat)).astype(np.float32)
-            quant_feeds[b_name] = (bias + entry.bias_delta).astype(np.float32)
-        quant_feeds[w_name] = w_hat.numpy()
-        table.layers[node.name] = entry
+def _float_pass(session: ort.InferenceSession, graph_in: str, images: np.ndarray, order: list[onnx.NodeProto],
+                feeds: dict, adaround_settings: AdaRoundSettings | None, seed: int) -> dict[str, dict]:
+    """Per layer: ``mean`` of W x per channel and, for AdaRound, ``image``/``pos`` samples and W x there."""
+    outs = [n.output[0] for n in order]
+    ref: dict[str, dict] = {n.name: {"sum": 0.0} for n in order}
+    for start in range(0, len(images), CHUNK):
+        values = session.run(outs, {graph_in: images[start : start + CHUNK], **feeds})
+        for i, (node, y) in enumerate(zip(order, values)):
+            r, y = ref[node.name], torch.from_numpy(y)
+            r["sum"] = r["sum"] + y.double().transpose(0, 1).reshape(y.shape[1], -1).sum(1)
+            r["count"] = r.get("count", 0) + y.numel() // y.shape[1]
+            if adaround_settings is None:
+                continue
+            if "image" not in r:
+                r["image"], r["pos"] = sample_columns((len(images), *y.shape[1:]), adaround_settings.columns,
+                                                      torch.Generator().manual_seed(seed + i))
+                r["y"] = torch.empty(adaround_settings.columns, y.shape[1])
+            sel = (r["image"] >= start) & (r["image"] < start + len(y))
+            r["y"][sel] = outputs_at(y, r["image"][sel] - start, r["pos"][sel])
+    for r in ref.values():
+        r["mean"] = (r.pop("sum") / r.pop("count")).numpy()
+    return ref
+
+
+def _layer(node: onnx.NodeProto, grid: Grid, float_model: onnx.ModelProto, float_feeds: dict, quant_feeds: dict,
+           x_hat: torch.Tensor, ref: dict, adaround_settings: AdaRoundSettings | None, bias_correction: bool,
+           seed: int) -> LayerWeights:
+    """Decide one layer's integer weights and bias correction, and feed them to the model for the next layers."""
+    w_name, b_name = f"{node.name}__weight_input_1", f"{node.name}__weight_input_2"
+    w = torch.from_numpy(np.array(float_feeds[w_name]))
+    bias = float_feeds.get(b_name)
+    scale = torch.from_numpy(grid.scale)
+    q = torch.from_numpy(grid.q[tuple(slice(0, d) for d in w.shape)].astype(np.float32))  # nearest rounding
+    entry = LayerWeights()
+    if adaround_settings is not None:
+        act = activation(float_model, node)
+        layer, x_cols = column_problem(node, bias, tuple(w.shape), x_hat, ref["image"], ref["pos"])
+        target = act(ref["y"])
+        nearest = q
+        q = adaround(w, scale, QMIN, QMAX, layer, act, x_cols, target, adaround_settings, seed)
+        entry.error_nearest = reconstruction_error(layer, act, nearest * scale, x_cols, target)
+        entry.error_adaround = reconstruction_error(layer, act, q * scale, x_cols, target)
+        entry.q = q.numpy().astype(np.int8)
+    w_hat = (q * scale).float()
+    if bias_correction and bias is not None:
+        with torch.no_grad():  # E over images of an affine layer = the layer applied to the mean image
+            mean_out = torch_layer(node, bias)(x_hat.double().mean(0, keepdim=True).float(), w_hat)
+        entry.bias_delta = (ref["mean"] - channel_means(mean_out)).astype(np.float32)
+        quant_feeds[b_name] = (bias + entry.bias_delta).astype(np.float32)
+    quant_feeds[w_name] = w_hat.numpy()
+    return entry
 
 
 def apply(qdq: onnx.ModelProto, table: WeightTable) -> onnx.ModelProto:
