@@ -188,10 +188,26 @@ def test_weight_loop_writes_adaround_and_bias_correction_into_the_qdq_model(prob
         assert np.abs(entry.q.astype(int) - grids_plain[name].q[sl].astype(int)).max() <= 1
         assert entry.bias_delta is not None and entry.bias_delta.shape == (entry.q.shape[0],)
     assert table.summary()["adaround_better"] >= 16  # even 40 steps beat nearest rounding on most layers
+    # Still fully integer on ORT-CPU, equalized too: the same kernels as the plain emission.
+    everything = problem.build(QuantConfig(1000, "max", "asymmetric", "per_tensor", "int8", cle=True, adaround=True,
+                                           bias_correction=True))
+    assert _optimized_ops(everything) == _optimized_ops(plain)
     # Same weight key, other activation settings: the table is reused, not recomputed.
     other = QuantConfig(1, "entropy", "symmetric_uint8", "per_tensor", "int8", adaround=True, bias_correction=True)
     problem.build(other)
     assert problem.weight_table(other) is table
+
+
+def _optimized_ops(model: onnx.ModelProto) -> dict[str, int]:
+    import collections
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(Path(tmp) / "o.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return dict(collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node))
 
 
 def _channel_mean_errors(float_model, qdq, x) -> dict[str, float]:
