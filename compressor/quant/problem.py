@@ -20,6 +20,7 @@ from compressor.quant import weights
 from compressor.quant.adaround import AdaRoundSettings
 from compressor.quant.calibrate import Calibrator
 from compressor.quant.equalize import Equalization, equalize
+from compressor.quant.fallback import match_layers
 from compressor.quant.qdq import prepare_float, quantize
 from compressor.quant.sensitivity import layer_sensitivity, most_sensitive
 from compressor.quant.space import QuantConfig, config_space
@@ -29,7 +30,8 @@ from compressor.runtime.export import ort_predict, ort_session
 class QuantProblem:
     """Build and evaluate QDQ models of ``model`` (float ONNX) for ``target``.
 
-    ``keep_float`` names nodes never quantized; ``restrict`` narrows the space's knobs; ``adaround`` and
+    ``keep_float`` holds module-name or node-name patterns never quantized (matched on the prepared graph by
+    :func:`compressor.quant.fallback.match_layers`); ``restrict`` narrows the space's knobs; ``adaround`` and
     ``weight_images`` set AdaRound's schedule and how many calibration images AdaRound and bias correction use.
     """
 
@@ -45,7 +47,8 @@ class QuantProblem:
         self._graphs: dict[bool, tuple[onnx.ModelProto, Calibrator]] = {False: (self.float_model, self.calibrator)}
         self.equalization: Equalization | None = None
         self.validation, self.preprocess, self.target = validation, preprocess, target
-        self.mixed_fraction, self.keep_float, self.restrict = mixed_fraction, tuple(keep_float), restrict
+        self.keep_float = tuple(match_layers(self.float_model, keep_float))
+        self.mixed_fraction, self.restrict = mixed_fraction, restrict
         self.adaround, self.seed, self.progress = adaround or AdaRoundSettings(), seed, progress
         self._sens_x = preprocess(calibration.images[:sensitivity_images]).numpy()
         self._weight_x = preprocess(calibration.images[:weight_images]).numpy()

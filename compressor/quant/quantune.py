@@ -21,7 +21,7 @@ from compressor.core.config import param, validate
 from compressor.core.context import Context
 from compressor.core.files import atomic_path
 from compressor.quant.adaround import AdaRoundSettings
-from compressor.quant.fallback import Fallback, accuracy_fallback, match_layers, module_name
+from compressor.quant.fallback import Fallback, accuracy_fallback, module_name
 from compressor.quant.problem import QuantProblem, top1_onnx
 from compressor.quant.qdq_rules import check_tensorrt
 from compressor.quant.selection import choose, deployment, latency_pool, speed_check
@@ -116,7 +116,7 @@ class Quantune:
         c = self.config
         restrict = {k: (getattr(c, k),) for k in ("cle", "bias_correction", "adaround") if getattr(c, k) != "search"}
         return QuantProblem(float_onnx, ctx.splits.calibration, ctx.splits.validation, ctx.preprocess, c.target,
-                            c.mixed_fraction, keep_float=match_layers(float_onnx, c.keep_float), restrict=restrict,
+                            c.mixed_fraction, keep_float=c.keep_float, restrict=restrict,
                             adaround=AdaRoundSettings(iterations=c.adaround_iterations), weight_images=c.weight_images,
                             seed=ctx.seed, progress=ctx.progress)
 
