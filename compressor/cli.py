@@ -77,6 +77,30 @@ def _apply_overrides(data: dict, model, weights, data_path, input_shape, allow_p
     return data
 
 
+def _apply_executor(data: dict, executor: str | None, workers: int | None) -> dict:
+    """--executor KIND|ray://host:port and --workers N replace the recipe's executor section key by key."""
+    from compressor.core.executors import parse_executor_option
+
+    if executor is None and workers is None:
+        return data
+    section = data.get("executor") or {}
+    if not isinstance(section, dict):
+        raise CompressorError("recipe: executor must be a mapping")
+    section = dict(section)
+    if executor is not None:
+        section.pop("address", None)
+        section.update(parse_executor_option(executor))
+    if workers is not None:
+        section["workers"] = workers
+    return {**data, "executor": section}
+
+
+def executor_options(f):
+    f = click.option("--workers", type=int, help="Parallel candidate evaluations (processes, local Ray).")(f)
+    return click.option("--executor", help="Where candidates run: serial | processes | ray | ray://host:port "
+                        "(results are identical; see docs/executors.md).")(f)
+
+
 def _run_pipeline(data: dict, out: str, resume: bool, quiet: bool) -> None:
     from compressor.pipeline.recipe import parse_recipe
     from compressor.pipeline.runner import Pipeline
@@ -119,8 +143,9 @@ def cli(debug: bool) -> None:
 @cli.command()
 @click.option("--recipe", type=str, help="YAML recipe (see recipes/).")
 @model_options
+@executor_options
 def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, out, resume,
-             max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
+             max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet, executor, workers):
     """Run a recipe's passes on a teacher, export, benchmark and write the report."""
     data = _read_yaml(recipe)
     if not recipe:
@@ -128,7 +153,7 @@ def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pi
     budgets = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_mb": max_size_mb}
     data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
                             mean, std)
-    _run_pipeline(data, out, resume, quiet)
+    _run_pipeline(_apply_executor(data, executor, workers), out, resume, quiet)
 
 
 @cli.command("run")
@@ -136,8 +161,9 @@ def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pi
 @click.option("--config", "config_path", type=str, help="YAML mapping of the pass's parameters.")
 @click.option("--set", "sets", multiple=True, help="Pass parameter KEY=VALUE (YAML value); repeatable.")
 @model_options
+@executor_options
 def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, out, resume,
-             max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
+             max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet, executor, workers):
     """Run one pass on a model (for CI pipelines that run passes one at a time)."""
     from compressor.passes import PASSES
 
@@ -155,7 +181,7 @@ def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shap
     data = {"passes": [{pass_name: params}], "export": export}
     data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
                             mean, std)
-    _run_pipeline(data, out, resume, quiet)
+    _run_pipeline(_apply_executor(data, executor, workers), out, resume, quiet)
 
 
 @cli.command()

@@ -1,5 +1,5 @@
 """What every pass receives besides the model: data splits, the frozen teacher, preprocessing, the input shape,
-the output folder, the seed and whether to show progress."""
+the output folder, the seed, whether to show progress and the executor that runs independent evaluations."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from torch import nn
 
 from compressor.core.data import Preprocess, Split, Splits
+from compressor.core.executors import Executor, SerialExecutor
 from compressor.core.metrics import predict, top1
 
 
@@ -22,6 +23,7 @@ class Context:
     out_dir: Path
     seed: int = 0
     progress: bool = True
+    executor: Executor = field(default_factory=SerialExecutor, repr=False)
     _teacher_logits: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def validation_top1(self, model: nn.Module) -> float:

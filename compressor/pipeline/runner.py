@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.executors import SerialExecutor, make_executor
 from compressor.core.files import copy_atomic
 from compressor.core.metrics import agreement, count_macs, count_params, predict, top1
 from compressor.core.models import load_user_model
@@ -55,6 +56,7 @@ class Pipeline:
         self.preprocess = Preprocess(tuple(recipe.model.mean), tuple(recipe.model.std))
         self.input_shape = tuple(recipe.model.input_shape)
         self.bench = BenchSettings(recipe.bench.warmup, recipe.bench.duration, 10, recipe.bench.threads)
+        self.executor = SerialExecutor()
 
     def _check(self) -> None:
         r = self.recipe
@@ -66,6 +68,10 @@ class Pipeline:
             from compressor.runtime.tensorrt import _import_tensorrt
 
             _import_tensorrt()  # fail before any work when TensorRT is absent
+        if r.executor.kind == "ray":
+            from compressor.core.ray_executor import _import_ray
+
+            _import_ray()  # likewise Ray
         if r.budget.min_speedup is not None and not r.bench.enabled:
             raise CompressorError("budget.min_speedup needs bench.enabled: true (latency is measured by bench)")
 
@@ -80,6 +86,7 @@ class Pipeline:
         record.onnx_path = str(onnx_path.relative_to(self.out_dir))
         record.onnx_size_mb = onnx_path.stat().st_size / 2**20
         if self.recipe.bench.enabled:
+            self.executor.release()  # no worker beside a timing
             stats = {b: s[0] for b, s in bench_onnx([onnx_path], self.recipe.bench.batches, self.bench).items()}
             record.details["bench"] = stats
             if 1 in stats:
@@ -88,6 +95,13 @@ class Pipeline:
                 record.throughput_b64_img_s = stats[64]["throughput_img_s"]
 
     def run(self) -> Report:
+        self.executor = make_executor(self.recipe.executor)
+        try:
+            return self._run()
+        finally:
+            self.executor.close()
+
+    def _run(self) -> Report:
         t_start = time.perf_counter()
         r = self.recipe
         self._check()
@@ -104,7 +118,8 @@ class Pipeline:
         stages_dir.mkdir(parents=True, exist_ok=True)
 
         teacher = loaded.model
-        ctx = Context(self.splits, teacher, self.preprocess, self.input_shape, self.out_dir, r.seed, self.progress)
+        ctx = Context(self.splits, teacher, self.preprocess, self.input_shape, self.out_dir, r.seed, self.progress,
+                      self.executor)
         teacher_logits = ctx.teacher_logits("test")
         report = Report(recipe=to_dict(r), seed=r.seed, versions=versions())
 
