@@ -2,22 +2,29 @@
 
 Everything expensive is done once and reused: the float graph is pre-processed once, statistics are collected
 once per calibration size (``Calibrator``), layer sensitivity once per non-precision configuration, and each
-configuration is evaluated at most once (``evaluations`` counts real evaluations).
+configuration is evaluated at most once (``evaluations`` counts real evaluations). ``evaluate_many`` evaluates a
+search round's configurations as independent tasks of an executor (:mod:`compressor.core.executors`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import onnx
 
 from compressor.core.data import Preprocess, Split
+from compressor.core.executors import task_threads
 from compressor.core.metrics import top1
 from compressor.quant.calibrate import Calibrator
 from compressor.quant.qdq import prepare_float, quantize
 from compressor.quant.sensitivity import layer_sensitivity, most_sensitive
 from compressor.quant.space import QuantConfig, config_space
 from compressor.runtime.export import ort_predict, ort_session
+
+if TYPE_CHECKING:
+    from compressor.core.executors import Executor
 
 
 class QuantProblem:
@@ -62,6 +69,29 @@ class QuantProblem:
             self.results[config] = top1_onnx(self.build(config), self.validation, self.preprocess)
         return self.results[config]
 
+    def evaluate_many(self, configs: Sequence[QuantConfig], executor: Executor) -> list[float]:
+        """``evaluate`` for a round of configurations, the new ones run as tasks of ``executor``.
 
-def top1_onnx(model: onnx.ModelProto | str, split: Split, preprocess: Preprocess, batch: int = 250) -> float:
-    return top1(ort_predict(ort_session(model), split, preprocess, batch), split.labels)
+        Statistics are collected here in the driver first, so every task (wherever it runs) derives its ranges
+        from the same tables; the problem is then handed to the workers once for the round.
+        """
+        todo = list(dict.fromkeys(c for c in configs if c not in self.results))
+        if todo:
+            for config in todo:
+                self.calibrator.table(config.calibration)
+            shared = executor.put(self)
+            names = [f"quantize candidate {c.key()}" for c in todo]
+            for config, acc in zip(todo, executor.map(_evaluate_task, todo, shared, names)):
+                self.results[config] = acc
+            self.evaluations += len(todo)
+        return [self.results[c] for c in configs]
+
+
+def _evaluate_task(problem: QuantProblem, config: QuantConfig) -> float:
+    """The executor task: validation top-1 of one configuration, with the task's thread budget."""
+    return top1_onnx(problem.build(config), problem.validation, problem.preprocess, threads=task_threads())
+
+
+def top1_onnx(model: onnx.ModelProto | str, split: Split, preprocess: Preprocess, batch: int = 250,
+              threads: int = 0) -> float:
+    return top1(ort_predict(ort_session(model, threads), split, preprocess, batch), split.labels)
