@@ -26,6 +26,7 @@ models (the quantize pass, the pipeline's bench) call ``release()`` first, which
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,14 +46,15 @@ def task_threads() -> int:
 
 
 def set_task_threads(threads: int) -> int:
-    """Give the current process ``threads`` intra-op threads for tasks (PyTorch and :func:`task_threads`); returns
-    PyTorch's previous setting so the serial executor can restore it."""
-    import torch
-
+    """Give the current process ``threads`` intra-op threads for tasks (PyTorch, once imported, and
+    :func:`task_threads`); returns PyTorch's previous setting (0 when not imported) for the serial executor."""
+    _TASK_THREADS["n"] = threads
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return 0
     previous = torch.get_num_threads()
     if threads and previous != threads:
         torch.set_num_threads(threads)
-    _TASK_THREADS["n"] = threads
     return previous
 
 
@@ -153,9 +155,8 @@ class SerialExecutor:
             return out
         finally:
             set_task_threads(0)
-            import torch
-
-            torch.set_num_threads(previous)
+            if previous:
+                sys.modules["torch"].set_num_threads(previous)
 
     def release(self) -> None:
         pass

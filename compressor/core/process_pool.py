@@ -1,4 +1,4 @@
-"""The ``processes`` executor: a local pool of spawned worker processes, and the shared files they read.
+"""The ``processes`` executor: a local pool of worker processes, and the shared files they read.
 
 Shared objects are written once to a temporary folder: pickle protocol 5 with every large contiguous buffer
 (numpy arrays: the data splits, calibration statistics) out of band, each buffer in its own file named by its
@@ -6,9 +6,11 @@ content hash, so an array shared again in a later round is not written again. Wo
 (read-only) and keep the last few objects they loaded, so a task message carries only the function, a
 reference and the task itself.
 
-Workers are started with ``spawn`` (no ``fork`` of a process that already runs PyTorch's and ONNX Runtime's
-threads). Each holds one task at a time; the driver waits on every worker's pipe and process sentinel, so a
-worker that dies mid-task is noticed at once, replaced, and its task (only that one) sent again.
+Workers are started by a ``forkserver`` that has imported PyTorch but never run it (``spawn`` where there is no
+forkserver), so no worker is forked from a process that runs PyTorch's or ONNX Runtime's threads, and a
+replacement worker starts quickly. Each holds one task at a time; the driver waits on every worker's pipe and
+process sentinel, so a worker that dies mid-task is noticed at once, replaced, and its task (only that one) sent
+again.
 """
 
 from __future__ import annotations
@@ -111,7 +113,6 @@ def _worker(conn: Any, threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     # Shared arrays are read-only memory maps; tasks only read them, so PyTorch's warning about that is noise.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    set_task_threads(threads)
     while True:
         try:
             message = conn.recv()
@@ -123,11 +124,20 @@ def _worker(conn: Any, threads: int) -> None:
         try:
             fn, ref, task = pickle.loads(payload)  # here, so that a function workers cannot import is a task error
             shared = load_shared(ref) if isinstance(ref, SharedFile) else ref
+            set_task_threads(threads)
             result = (index, True, fn(shared, task))
             conn.send(result)
         except BaseException as exc:  # noqa: BLE001  (reported to the driver, which fails the run)
             line = str(exc) if isinstance(exc, CompressorError) else exception_line(exc)
             conn.send((index, False, (line, traceback.format_exc())))
+
+
+def _context() -> Any:
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "compressor.core.process_pool"])
+    return context
 
 
 class _Worker:
@@ -154,13 +164,13 @@ class _Worker:
 
 
 class ProcessExecutor:
-    """Up to ``workers`` tasks at once in spawned processes with ``threads`` intra-op threads each."""
+    """Up to ``workers`` tasks at once in worker processes with ``threads`` intra-op threads each."""
 
     kind = "processes"
 
     def __init__(self, workers: int, threads: int = 1, retries: int = 2) -> None:
         self.workers, self.threads, self.retries = workers, threads, retries
-        self._context = multiprocessing.get_context("spawn")
+        self._context = _context()
         self._pool: list[_Worker] = []
         self._files: SharedFiles | None = None
 

@@ -35,7 +35,6 @@ def _run(fn: Callable[[Any, Any], Any], box: list, task: Any, threads: int) -> A
     """A task on a Ray worker: fixed threads, the shared object deserialised once per worker process."""
     import ray
 
-    set_task_threads(threads)
     shared = None
     if box:
         key = box[0].hex()
@@ -44,6 +43,7 @@ def _run(fn: Callable[[Any, Any], Any], box: list, task: Any, threads: int) -> A
             while len(_LOADED) > KEEP_LOADED:
                 _LOADED.popitem(last=False)
         shared = _LOADED[key]
+    set_task_threads(threads)
     return fn(shared, task)
 
 
