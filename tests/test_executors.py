@@ -26,6 +26,8 @@ from compressor.errors import CompressorError
 from compressor.n2n.search import N2NConfig, N2NSearch
 from compressor.passes import Context
 from compressor.passes.quantize import Quantize
+from compressor.quant.space import QuantConfig, config_space
+from compressor.quant.tuner import Budget, XGBoostTuner, diverse_pick, search
 from compressor.runtime.latency import Latency
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,22 +109,29 @@ def small_recipe(demo_dataset, tmp_path_factory):
     }
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    """A one-node Ray cluster started with ``ray start --head`` on localhost; stopped at the end."""
+def ray_cluster():
+    """A one-node Ray cluster started with ``ray start --head`` on localhost: (head address, Ray Client address).
+    Token authentication is off because Ray Client (``ray://``) sends no token (Ray 2.60); stopped at the end."""
     if not _has_ray():
         pytest.skip("Ray is not installed (pip install -e '.[ray]')")
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    port, client_port = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     started = subprocess.run([ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                              "--ray-client-server-port", str(client_port), "--num-cpus", "2",
+                              "--include-dashboard", "false", "--disable-usage-stats"],
                              env=env, capture_output=True, text=True, timeout=120)
     if started.returncode != 0:
         pytest.fail(f"ray start failed: {started.stderr[-2000:]}")
-    yield f"127.0.0.1:{port}"
+    yield f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}"
     import ray
 
     ray.shutdown()
@@ -225,20 +234,53 @@ def test_serial_task_errors_name_the_task():
         SerialExecutor().map(fails_on_two, [(i, "") for i in range(4)], SerialExecutor().put(SHARED))
 
 
-def test_ray_cluster_joined_by_address(ray_cluster, tmp_path):
-    """A cluster started with ``ray start --head`` and joined by its address runs the tasks with the serial
-    executor's results, a killed worker included, and is left running by the executor that joined it."""
+def test_ray_cluster_joined_by_address(ray_cluster, tmp_path, monkeypatch):
+    """A cluster started with ``ray start --head``, joined by its head address and through Ray Client
+    (``ray://``), runs the tasks with the serial executor's results, a killed worker included, and is left
+    running by the executor that joined it."""
     import ray
 
     ray.shutdown()  # leave the local instance of the other tests
-    expected = SerialExecutor().map(scaled_sum, [(i, "") for i in range(4)], SerialExecutor().put(SHARED))
-    tasks = [(i, str(tmp_path / "killed") if i == 3 else "") for i in range(4)]
-    with make_executor(ExecutorConfig(kind="ray", address=ray_cluster)) as ex:
-        assert [g[:2] for g in ex.map(scaled_sum, tasks, ex.put(SHARED))] == [e[:2] for e in expected]
-        assert (tmp_path / "killed").is_file()
-        assert ray.cluster_resources().get("CPU") == 2
-    assert ray.is_initialized()  # a cluster this executor joined is not shut down by it
-    ray.shutdown()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    expected = [e[:2] for e in SerialExecutor().map(scaled_sum, [(i, "") for i in range(4)], SerialExecutor().put(SHARED))]
+    for address in ray_cluster:
+        tasks = [(i, str(tmp_path / f"killed{len(address)}") if i == 3 else "") for i in range(4)]
+        with make_executor(ExecutorConfig(kind="ray", address=address)) as ex:
+            assert [g[:2] for g in ex.map(scaled_sum, tasks, ex.put(SHARED))] == expected, address
+            assert ray.cluster_resources().get("CPU") == 2
+        assert (tmp_path / f"killed{len(address)}").is_file()
+        assert ray.is_initialized()  # a cluster this executor joined is not shut down by it
+        ray.shutdown()
+
+
+def _landscape(config: QuantConfig) -> float:
+    score = {"max": 90.0, "entropy": 90.6, "percentile": 90.4}[config.clipping] + 0.5 * (config.granularity == "per_channel")
+    return score + {"asymmetric": 0.3, "symmetric": -1.0, "symmetric_uint8": 0.2, "power_of_two": -0.5}[config.scheme]
+
+
+def test_batched_search_plans_rounds_of_distinct_configurations():
+    """The XGBoost tuner proposes rounds of ``batch`` unexplored configurations between refits, the same for a
+    seed whatever evaluates them; a round is diverse rather than the model's near-duplicates."""
+    space = config_space("ort-cpu", 500)
+    desc = {"nodes": 50.0, "conv": 19.0, "bn": 19.0, "act": 19.0, "skip": 9.0, "depthwise": 0.0, "pointwise": 0.0,
+            "size_mb": 1.1}
+    rounds = []
+
+    def evaluate_many(configs):
+        rounds.append(list(configs))
+        return [_landscape(c) for c in configs]
+
+    result = search(XGBoostTuner(desc, 91.0), space, _landscape, Budget(10), seed=1, batch=4, evaluate_many=evaluate_many)
+    assert [len(r) for r in rounds] == [4, 4, 2]  # the last round stops at the evaluation budget
+    assert len({s.config for s in result.steps}) == 10 and [s.config for s in result.steps] == sum(rounds, [])
+    again = search(XGBoostTuner(desc, 91.0), space, _landscape, Budget(10), seed=1, batch=4)
+    assert [s.config for s in again.steps] == [s.config for s in result.steps]
+    # Diversity: after the best-ranked configuration, the one adding the most new knob values, not its twin.
+    a = QuantConfig(1000, "entropy", "asymmetric", "per_channel", "int8")
+    twin, other = QuantConfig(10000, "entropy", "asymmetric", "per_channel", "int8"), QuantConfig(
+        1000, "percentile", "symmetric_uint8", "per_tensor", "mixed")
+    assert diverse_pick([a, twin, other], 2) == [a, other]
+    assert diverse_pick([a, twin, other], 1) == [a]
 
 
 def test_cli_executor_options(small_recipe, tmp_path, cli):

@@ -185,13 +185,17 @@ class GeneticSearch:
 
 class XGBoostTuner:
     """Quantune's transfer + online tuner: refit on (database of other models + this model so far), measure the
-    top-predicted unexplored configuration (``propose``), or the ``k`` top-predicted ones of a round between
-    refits (``propose_batch``; ties at the top broken by the search's seeded RNG)."""
+    top-predicted unexplored configuration (``propose``; ties broken by the search's seeded RNG). A round of
+    ``k`` > 1 between refits (``propose_batch``) is planned as AutoTVM's XGBTuner plans one with its diversity
+    filter: the ``diversity × k`` top-predicted configurations, of which the ``k`` that differ most from each
+    other (:func:`diverse_pick`); plain top-k would spend a round on near-duplicates the model cannot tell apart
+    (calibration sizes that cap to the same images, say)."""
 
     name = "xgboost"
 
-    def __init__(self, descriptors: dict[str, float], fp32_top1: float, db: list[Record] = (), model_name: str = ""):
-        self.descriptors, self.fp32 = descriptors, fp32_top1
+    def __init__(self, descriptors: dict[str, float], fp32_top1: float, db: list[Record] = (), model_name: str = "",
+                 diversity: int = 2):
+        self.descriptors, self.fp32, self.diversity = descriptors, fp32_top1, diversity
         # Leave the current model out of the transfer data: same name, or same architecture (descriptors).
         self.db = [r for r in db if r.model != model_name and r.descriptors != descriptors]
 
@@ -212,12 +216,27 @@ class XGBoostTuner:
         booster = xgb.train({**XGB_PARAMS, "seed": rng.randrange(2**31)}, xgb.DMatrix(np.asarray(x), label=np.asarray(y)),
                             num_boost_round=XGB_ROUNDS)
         pred = booster.predict(xgb.DMatrix(np.asarray([features(c, self.descriptors) for c in unexplored])))
-        out = []
-        for _ in range(min(k, len(left))):
+        ranked = []  # the best predictions in order, near-ties broken by the seeded RNG
+        for _ in range(min(1 if k == 1 else self.diversity * k, len(left))):
             p = pred[left]
             best = np.flatnonzero(p >= p.max() - 1e-9)
-            out.append(unexplored[left.pop(int(best[rng.randrange(len(best))]))])
-        return out
+            ranked.append(unexplored[left.pop(int(best[rng.randrange(len(best))]))])
+        return diverse_pick(ranked, k)
+
+
+def diverse_pick(ranked: list[QuantConfig], k: int) -> list[QuantConfig]:
+    """AutoTVM's submodular pick (``submodular_pick`` with zero scores): from configurations ranked by predicted
+    accuracy, take the best, then each time the one that adds the most knob values not yet in the batch, the
+    better-ranked one on ties."""
+    out, covered = [], {knob: set() for knob in KNOBS}
+    left = list(ranked)
+    for _ in range(min(k, len(left))):
+        gain = [sum(getattr(c, knob) not in seen for knob, seen in covered.items()) for c in left]
+        pick = left.pop(int(np.argmax(gain)))
+        out.append(pick)
+        for knob, seen in covered.items():
+            seen.add(getattr(pick, knob))
+    return out
 
 
 def search(
