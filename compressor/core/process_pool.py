@@ -140,6 +140,10 @@ def _context() -> Any:
     return context
 
 
+class RemoteTraceback(Exception):
+    """The worker's traceback of a failed task, chained to the one-line error (shown with ``--debug``)."""
+
+
 class _Worker:
     def __init__(self, context: Any, threads: int) -> None:
         self.conn, child = context.Pipe()
@@ -226,7 +230,7 @@ class ProcessExecutor:
                         continue
                     worker.task = None
                     if not ok:
-                        raise task_error(names[index], self.kind, result[0])
+                        raise task_error(names[index], self.kind, result[0]) from RemoteTraceback(result[1])
                     results[index] = result
         except BaseException:
             self.release(kill=True)  # workers may be mid-task; the run is failing anyway

@@ -99,7 +99,7 @@ class RayExecutor:
                     ray.cancel(ref, force=True)
                 cause = exc.cause if exc.cause is not None else exc
                 line = str(cause) if isinstance(cause, CompressorError) else f"{type(cause).__name__}: {cause}"
-                raise task_error(names[index[done[0]]], self.kind, line) from None
+                raise task_error(names[index[done[0]]], self.kind, line) from exc  # the remote traceback, for --debug
             except ray.exceptions.RayError as exc:  # the worker died more than ``retries`` times, or the node did
                 for ref in pending:
                     ray.cancel(ref, force=True)
