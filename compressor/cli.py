@@ -195,6 +195,12 @@ def passes():
         click.echo(f"{name}: {doc}")
         for field_name, type_name, default, allowed in config_fields(cls.Config):
             click.echo(f"    {field_name}: {type_name} = {default!r}" + (f"  ({allowed})" if allowed else ""))
+    from compressor.core.config import describe
+    from compressor.core.executors import ExecutorConfig
+
+    click.echo("executor (recipe section; --executor, --workers): where search candidates run, see docs/executors.md")
+    for field_name, type_name, default, allowed in describe(ExecutorConfig):
+        click.echo(f"    {field_name}: {type_name} = {default!r}" + (f"  ({allowed})" if allowed else ""))
 
 
 @cli.command()

@@ -292,3 +292,5 @@ def test_cli_executor_options(small_recipe, tmp_path, cli):
     code, _, err = cli("compress", "--model", "cifar_resnet20", "--data", small_recipe["data"]["path"], "--out",
                        tmp_path, "--executor", "threads")
     assert code == 2 and "--executor 'threads'" in err
+    code, out, _ = cli("passes")
+    assert code == 0 and "executor (recipe section" in out and "kind: str = 'serial'  (serial | processes | ray)" in out
