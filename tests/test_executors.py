@@ -123,7 +123,8 @@ def ray_cluster():
         pytest.skip("Ray is not installed (pip install -e '.[ray]')")
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
     port, client_port = _free_port(), _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+    # A loaded CI runner can take longer than Ray Client's default 30 s to start the per-client server.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     started = subprocess.run([ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                               "--ray-client-server-port", str(client_port), "--num-cpus", "2",

@@ -72,7 +72,10 @@ class RayExecutor:
                 self._started_local = True
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = address or "a local Ray instance"
-            raise CompressorError(f"executor ray: cannot connect to {where}: {str(exc).splitlines()[0]}; "
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            # Ray Client puts the server's reason (a traceback) under a "...from server:" line: keep its last line.
+            reason = f"{lines[0]} {lines[-1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+            raise CompressorError(f"executor ray: cannot connect to {where}: {reason}; "
                                   "check the address (ray://host:port or host:port) and that the cluster runs") from None
         return ray
 
