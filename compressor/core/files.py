@@ -94,3 +94,13 @@ def torch_save_atomic(obj: object, path: str | Path) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return write_atomic(path, buf.getvalue())
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:  # noqa: ANN001 - a matplotlib Figure
+    """Write a matplotlib figure as PNG atomically and close it (figures are kept open by pyplot otherwise)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return Path(path)

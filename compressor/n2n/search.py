@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compressor.core.config import param, validate
-from compressor.core.files import atomic_path
+from compressor.core.files import save_figure
 from compressor.core.metrics import count_macs, count_params
 from compressor.core.serialize import atomic_torch_save
 from compressor.core.train import BN_MODES, TRAIN_PRECISIONS, FinetuneConfig, distill, precision_problem
@@ -348,10 +348,7 @@ class N2NSearch:
         ax.set_title("N2N search")
         ax.legend()
         fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
     def run(self) -> N2NResult:
         """Search, then fine-tune the best student longer with KD + CE on the whole fine-tune split."""

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compressor.core.files import atomic_path, write_atomic
+from compressor.core.files import save_figure, write_atomic
 from compressor.errors import CompressorError
 
 
@@ -135,9 +135,7 @@ def plot_accuracy_latency(report: Report, path: Path) -> None:
     ax.set_title("accuracy vs latency per stage")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def write_report(report: Report, out_dir: Path) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from torch import nn
 
-from compressor.core.files import atomic_path
+from compressor.core.files import save_figure
 from compressor.quant.space import KNOBS, QuantConfig
 
 DEFAULT_DB = Path(__file__).resolve().parent / "quantune_db.json"
@@ -239,7 +239,4 @@ def plot_history(results: list[SearchResult], fp32_top1: float, path: Path) -> P
     ax.set_title("INT8 configuration search")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
