@@ -4,6 +4,8 @@ cluster started here is joined by address. Latencies are injected in the driver 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,14 +97,14 @@ def _artifacts(out: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def small_recipe(demo_dataset, tmp_path_factory):
-    """fold_bn + quantize on a real subset of the demo data (1,500 train and 300 test images, to keep it fast)."""
+    """fold_bn + quantize on a real subset of the demo data (1,500 train and 250 test images, to keep it fast)."""
     data = tmp_path_factory.mktemp("data") / "demo-small.npz"
     train, test = demo_dataset.train, demo_dataset.test
-    np.savez(data, train_images=train.images[::2], train_labels=train.labels[::2], test_images=test.images[::5],
-             test_labels=test.labels[::5])
+    np.savez(data, train_images=train.images[::2], train_labels=train.labels[::2], test_images=test.images[::6],
+             test_labels=test.labels[::6])
     return {
         "model": {"name": "cifar_resnet20", "weights": str(ROOT / "demo" / "cifar10_resnet20.pt")},
-        "data": {"path": str(data), "validation": 300, "calibration": 300},
+        "data": {"path": str(data), "validation": 200, "calibration": 200},
         "passes": [{"fold_bn": {}}, {"quantize": {"max_evals": 4, "batch": 2, "latency_candidates": 2}}],
         "export": ["onnx", "onnx_int8"],
         "bench": {"enabled": False},
@@ -115,28 +118,60 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _process_tree(*markers: str) -> set[int]:
+    """Processes whose command line contains one of ``markers``, and their descendants (Linux /proc)."""
+    procs = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                procs[int(d.name)] = (int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), cmd)
+            except (OSError, ValueError, IndexError):
+                continue
+    tree = {pid for pid, (_, cmd) in procs.items() if any(m in cmd for m in markers)}
+    while grown := {pid for pid, (ppid, _) in procs.items() if ppid in tree} - tree:
+        tree |= grown
+    return tree
+
+
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A one-node Ray cluster started with ``ray start --head`` on localhost: (head address, Ray Client address).
-    Token authentication is off because Ray Client (``ray://``) sends no token (Ray 2.60); stopped at the end."""
+def ray_cluster(tmp_path_factory):
+    """A one-node Ray cluster started with ``ray start --head`` on localhost, its head address; stopped at the
+    end (only this cluster: ``ray stop`` would stop every Ray of this user on the machine). Token authentication
+    is off here: Ray 2.60's ``ray start`` turns it on whenever a token file exists, but a driver joining by
+    address only uses it with RAY_AUTH_MODE=token, so it would depend on which test created a token first."""
     if not _has_ray():
         pytest.skip("Ray is not installed (pip install -e '.[ray]')")
-    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
-    port, client_port = _free_port(), _free_port()
-    # A loaded CI runner can take longer than Ray Client's default 30 s to start the per-client server.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    started = subprocess.run([ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                              "--ray-client-server-port", str(client_port), "--num-cpus", "2",
-                              "--include-dashboard", "false", "--disable-usage-stats"],
-                             env=env, capture_output=True, text=True, timeout=120)
-    if started.returncode != 0:
-        pytest.fail(f"ray start failed: {started.stderr[-2000:]}")
-    yield f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}"
     import ray
 
-    ray.shutdown()
-    subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    ray.shutdown()  # the other tests' local instance: its daemons would compete with the cluster's
+    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    port, agent_port = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    log = tmp_path_factory.mktemp("ray") / "ray_start.log"
+    ours = (f"--gcs_server_port={port} ", f":{port} ")  # the GCS, and every daemon that talks to it
+    # Output to a file, not a pipe: Ray's daemons inherit it and would hold a pipe open past a timeout. The
+    # agent's fixed default port is replaced by a free one (another Ray on the machine may hold it).
+    with open(log, "w") as out:
+        started = subprocess.run([ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                                  "--dashboard-agent-listen-port", str(agent_port), "--num-cpus", "2",
+                                  "--include-dashboard", "false", "--disable-usage-stats"],
+                                 env=env, stdout=out, stderr=subprocess.STDOUT, timeout=180)
+    try:
+        if started.returncode != 0:
+            pytest.fail(f"ray start failed: {log.read_text()[-2000:]}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        ray.shutdown()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _process_tree(*ours):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, sig)
+            for _ in range(15):
+                if not _process_tree(*ours):
+                    break
+                time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +183,7 @@ def local_ray():
         return
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -191,12 +226,13 @@ def test_reports_and_artifacts_are_identical_across_executors(small_recipe, loca
 def test_n2n_search_is_identical_across_executors(demo_splits, teacher, local_ray, tmp_path):
     """A tiny two-stage N2N search trains its students as tasks: the same histories, measurements and final
     student under every executor."""
-    config = N2NConfig(removal_iterations=2, shrink_iterations=1, rollouts=2, student_steps=2, student_batch_size=32,
+    config = N2NConfig(removal_iterations=1, shrink_iterations=1, rollouts=2, student_steps=2, student_batch_size=32,
                        subset_size=256, final_steps=2, tune_mode=False)
+    splits = dataclasses.replace(demo_splits, validation=demo_splits.validation.subset(np.arange(200)))
     results = {}
     for executor in [{"kind": "serial"}, *_kinds()]:
         with make_executor(ExecutorConfig(**executor)) as ex:
-            ctx = Context(demo_splits, teacher, Preprocess(), (3, 32, 32), tmp_path / executor["kind"], progress=False,
+            ctx = Context(splits, teacher, Preprocess(), (3, 32, 32), tmp_path / executor["kind"], progress=False,
                           executor=ex)
             search = N2NSearch(teacher, ctx, config)
             result = search.run()
@@ -236,22 +272,19 @@ def test_serial_task_errors_name_the_task():
 
 
 def test_ray_cluster_joined_by_address(ray_cluster, tmp_path, monkeypatch):
-    """A cluster started with ``ray start --head``, joined by its head address and through Ray Client
-    (``ray://``), runs the tasks with the serial executor's results, a killed worker included, and is left
-    running by the executor that joined it."""
+    """A cluster started with ``ray start --head`` and joined by its address runs the tasks with the serial
+    executor's results, a killed worker included, and is left running by the executor that joined it."""
     import ray
 
-    ray.shutdown()  # leave the local instance of the other tests
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # as the cluster
     expected = [e[:2] for e in SerialExecutor().map(scaled_sum, [(i, "") for i in range(4)], SerialExecutor().put(SHARED))]
-    for address in ray_cluster:
-        tasks = [(i, str(tmp_path / f"killed{len(address)}") if i == 3 else "") for i in range(4)]
-        with make_executor(ExecutorConfig(kind="ray", address=address)) as ex:
-            assert [g[:2] for g in ex.map(scaled_sum, tasks, ex.put(SHARED))] == expected, address
-            assert ray.cluster_resources().get("CPU") == 2
-        assert (tmp_path / f"killed{len(address)}").is_file()
-        assert ray.is_initialized()  # a cluster this executor joined is not shut down by it
-        ray.shutdown()
+    tasks = [(i, str(tmp_path / "killed") if i == 3 else "") for i in range(4)]
+    with make_executor(ExecutorConfig(kind="ray", address=ray_cluster)) as ex:
+        assert [g[:2] for g in ex.map(scaled_sum, tasks, ex.put(SHARED))] == expected
+        assert ray.cluster_resources().get("CPU") == 2
+    assert (tmp_path / "killed").is_file()
+    assert ray.is_initialized()  # a cluster this executor joined is not shut down by it
+    ray.shutdown()
 
 
 def _landscape(config: QuantConfig) -> float:

@@ -68,15 +68,18 @@ class RayExecutor:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             else:
                 cpus = (self.workers or max(1, (os.cpu_count() or 1) // self.threads)) * self.threads
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+                # "local": a new instance even when a cluster started by ``ray start`` runs on this machine.
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
                 self._started_local = True
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = address or "a local Ray instance"
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
             # Ray Client puts the server's reason (a traceback) under a "...from server:" line: keep its last line.
             reason = f"{lines[0]} {lines[-1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-            raise CompressorError(f"executor ray: cannot connect to {where}: {reason}; "
-                                  "check the address (ray://host:port or host:port) and that the cluster runs") from None
+            raise CompressorError(f"executor ray: cannot connect to {where}: {reason}; check the address (ray://host:port "
+                                  "or host:port), that the cluster runs, and that RAY_AUTH_MODE matches the cluster's "
+                                  "(token or disabled)") from None
         return ray
 
     def put(self, obj: Any) -> Any:
