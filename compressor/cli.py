@@ -75,7 +75,7 @@ def _read_yaml(path: str | None, what: str = "recipe") -> dict:
 def budget_options(f):
     for opt in reversed([
         click.option("--max-accuracy-drop", type=Number(ge=0), help="Gate: max test top-1 drop vs teacher (points)."),
-        click.option("--min-speedup", type=Number(gt=0), help="Gate: min teacher/final ORT-CPU p50 latency ratio (batch 1)."),
+        click.option("--min-speedup", type=Number(gt=0), help="Gate: min teacher/final p50 latency ratio (batch 1, first target)."),
         click.option("--max-size-mb", type=Number(gt=0), help="Gate: max size of the deployed ONNX (MiB)."),
     ]):
         f = opt(f)
@@ -240,8 +240,11 @@ def passes():
 @click.option("--duration", default=3.0, type=Number(ge=0), help="Seconds of measurement per batch size and artifact.")
 @click.option("--iterations", default=10, type=click.IntRange(min=1), help="Minimum measured inferences.")
 @click.option("--threads", default=2, type=click.IntRange(min=1), help="Intra-op threads.")
-@click.option("--backend", default="auto",
-              help="auto | onnxruntime-cpu | torch-cpu | torch-cuda | torch-int8 | tensorrt (GPU ones need a GPU).")
+@click.option("--backend", default="auto", help="auto | onnxruntime-cpu | openvino | torch-cpu | torch-cuda | torch-int8 | "
+              "tensorrt (GPU ones need a GPU; auto: onnxruntime-cpu for .onnx, openvino for an IR .xml).")
+@click.option("--precision", type=click.Choice(["f32", "bf16", "default"]),
+              help="openvino: precision hint for the float parts (default: the one recorded in an IR, else f32; "
+              "'default' lets OpenVINO choose, bf16 on CPUs with native bfloat16).")
 @click.option("--fp16", is_flag=True, help="torch-cuda: run in FP16.")
 @click.option("--cuda-graph", is_flag=True, help="torch-cuda: replay one captured CUDA graph.")
 @click.option("--model", help="Architecture for a state_dict artifact (torch-cpu).")
@@ -249,17 +252,22 @@ def passes():
 @click.option("--input-shape", help="C,H,W: required for an ONNX file with dynamic H and W (its static dims "
               "otherwise); torch artifacts default to 3,32,32.")
 @click.option("--vs", "other", callback=_path_flag, help="A second artifact measured in the same run, alternating with "
-              "the first (ONNX files: each window in its own process).")
+              "the first (ONNX Runtime and OpenVINO: each window in its own process).")
+@click.option("--vs-backend", help="Backend for --vs (default: --backend), e.g. compare one file on two runtimes.")
+@click.option("--vs-precision", type=click.Choice(["f32", "bf16", "default"]), help="openvino precision for --vs "
+              "(default: --precision).")
 @click.option("--json", "json_path", callback=_path_flag, help="Write the figures as JSON (missing folders are created).")
-def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16, cuda_graph, model, allow_pickle,
-          input_shape, other, json_path):
+def bench(artifact, batch, warmup, duration, iterations, threads, backend, precision, fp16, cuda_graph, model,
+          allow_pickle, input_shape, other, vs_backend, vs_precision, json_path):
     """Measure latency and throughput, printed as trtexec prints them."""
     import os
 
     from compressor.core.files import write_atomic
     from compressor.core.models import load_user_model
     from compressor.runtime.bench import (
+        CHILD_BACKENDS,
         BenchSettings,
+        Timed,
         bench_onnx,
         format_summary,
         make_runner,
@@ -276,6 +284,15 @@ def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16,
             raise CompressorError(f"artifact {a} is a folder; give a model file (.onnx, .pt, .engine)")
         if not Path(a).is_file():
             raise CompressorError(f"artifact {a} does not exist")
+    specs = []
+    for a, b, p, inherited, flag in [(artifact, backend, precision, None, "--precision")] + (
+            [(other, vs_backend or backend, vs_precision, precision, "--vs-precision")] if other else []):
+        b = resolve_backend(a, b)
+        if p is not None and b != "openvino":
+            raise CompressorError(f"{flag} applies to the openvino backend, not {b}")
+        specs.append(Timed(a, b, _openvino_precision(a, p or inherited) if b == "openvino" else "f32"))
+    distinct = len({str(s.path) for s in specs}) == len(specs) and len({s.backend for s in specs}) == 1
+    labels = [str(s.path) if distinct and s.backend != "openvino" else s.label() for s in specs]
     try:
         batches = [int(b) for b in batch.split(",")]
     except ValueError:
@@ -288,13 +305,13 @@ def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16,
         if not os.access(parent, os.W_OK):
             raise CompressorError(f"--json {json_path}: {parent} is not writable; choose another path")
     settings = BenchSettings(warmup, duration, iterations, threads)
-    onnx_only = all(resolve_backend(a, backend) == "onnxruntime-cpu" for a in artifacts)
-    if onnx_only:
-        shapes = {onnx_input_shape(a, given) for a in artifacts}
+    in_children = all(s.backend in CHILD_BACKENDS for s in specs)
+    if in_children:  # ONNX files: their static dims or --input-shape; an IR keeps its own shape unless given
+        shapes = {onnx_input_shape(s.path, given) if Path(s.path).suffix != ".xml" else given for s in specs} - {None}
         if len(shapes) > 1:
             raise CompressorError(f"{artifact} and --vs {other} take different input shapes {sorted(shapes)}; "
                                   "compare models of one input size")
-        (shape,) = shapes
+        shape = next(iter(shapes), None)
     else:
         shape = given or (3, 32, 32)
 
@@ -302,32 +319,49 @@ def bench(artifact, batch, warmup, duration, iterations, threads, backend, fp16,
         loaded = load_user_model(model, path, allow_pickle, shape)
         return loaded.model, shape
 
-    results: dict = {"artifact": artifact, "vs": other, "backend": backend, "threads": threads,
-                     "input_shape": list(shape), "results": []}
-    # ONNX Runtime artifacts are timed in their own processes (see bench.py); other backends in this one.
-    if onnx_only:
-        by_batch = bench_onnx(artifacts, batches, settings, shape)
+    results: dict = {"artifact": artifact, "vs": other, "backend": specs[0].backend, "threads": threads,
+                     "input_shape": None if shape is None else list(shape), "results": []}
+    if specs[0].backend == "openvino":
+        results["precision"] = specs[0].precision
+    if other:
+        results["vs_backend"] = specs[1].backend
+        if specs[1].backend == "openvino":
+            results["vs_precision"] = specs[1].precision
+    # ONNX Runtime and OpenVINO artifacts are timed in their own processes (see bench.py); others in this one.
+    if in_children:
+        by_batch = bench_onnx(specs, batches, settings, shape)
     else:
         by_batch = {b: [summarize(lat, b, wall) for lat, wall in measure(
-            [make_runner(a, backend, b, threads, loader, fp16, cuda_graph) for a in artifacts], settings)]
-            for b in batches}
+            [make_runner(str(s.path), s.backend, b, threads, loader, fp16, cuda_graph, s.precision) for s in specs],
+            settings)] for b in batches}
     for b in batches:
         measured = by_batch[b]
-        entry = {"batch": b, artifact: measured[0]}
-        click.echo(format_summary(artifact, measured[0]))
+        entry = {"batch": b, labels[0]: measured[0]}
+        click.echo(format_summary(labels[0], measured[0]))
         if other:
-            entry[other] = measured[1]
-            click.echo(format_summary(other, measured[1]))
+            entry[labels[1]] = measured[1]
+            click.echo(format_summary(labels[1], measured[1]))
             entry["ratio"] = {
                 "throughput": measured[0]["throughput_qps"] / measured[1]["throughput_qps"],
                 "median_latency": measured[0]["latency_ms"]["median"] / measured[1]["latency_ms"]["median"],
             }
-            click.echo(f"[I] Ratio {artifact} / {other}: throughput {entry['ratio']['throughput']:.3f}x, "
+            click.echo(f"[I] Ratio {labels[0]} / {labels[1]}: throughput {entry['ratio']['throughput']:.3f}x, "
                        f"median latency {entry['ratio']['median_latency']:.3f}x")
         results["results"].append(entry)
     if json_path:
         Path(json_path).absolute().parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(json_path), json.dumps(results, indent=2))
+
+
+def _openvino_precision(path: str, precision: str | None) -> str:
+    """The precision hint to time ``path`` with on OpenVINO: the one asked for, else the one an IR records, else f32."""
+    if precision is not None:
+        return precision
+    if str(path).endswith(".xml"):
+        from compressor.runtime.openvino import recorded_precision
+
+        return recorded_precision(path) or "f32"
+    return "f32"
 
 
 @cli.command()

@@ -11,7 +11,7 @@ from torch import nn
 from compressor.core.serialize import load_model, save_model
 from compressor.core.zoo import ZOO
 from compressor.errors import CompressorError
-from compressor.pipeline.recipe import parse_recipe, read_recipe_file, to_dict
+from compressor.pipeline.recipe import EXPORTS, parse_recipe, read_recipe_file, to_dict
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
@@ -38,8 +38,14 @@ def test_recipe_errors_name_key_path():
         parse_recipe({"passes": [{"prune": {"criterion": "magic"}}]})
     with pytest.raises(CompressorError, match=r"passes\[0\].prune.bn is 'eval'; choose frozen \| train"):
         parse_recipe({"passes": [{"prune": {"bn": "eval"}}]})
-    with pytest.raises(CompressorError, match=r"passes\[0\].quantize.target is 'gpu'; choose ort-cpu \| tensorrt"):
+    with pytest.raises(CompressorError, match=r"passes\[0\].quantize.target is 'gpu'; choose ort-cpu \| openvino-cpu \| tensorrt"):
         parse_recipe({"passes": [{"quantize": {"target": "gpu"}}]})
+    with pytest.raises(CompressorError, match=r"targets\[1\] is 'tvm'; choose ort-cpu \| openvino-cpu"):
+        parse_recipe({"targets": ["ort-cpu", "tvm"]})
+    with pytest.raises(CompressorError, match=r"targets must name each runtime once"):
+        parse_recipe({"targets": ["openvino-cpu", "openvino-cpu"]})
+    with pytest.raises(CompressorError, match=r"openvino.precision is 'fp16'; choose f32 \| bf16 \| default"):
+        parse_recipe({"openvino": {"precision": "fp16"}})
 
 
 @pytest.mark.parametrize(("recipe", "message"), [
@@ -75,6 +81,7 @@ def test_a_network_changing_pass_after_quantize_is_refused():
 def test_recipe_defaults_and_round_trip():
     r = parse_recipe({"model": {"name": "cifar_resnet20"}, "passes": ["fold_bn"], "bench": {"duration": 2}})
     assert r.bench.duration == 2.0 and isinstance(r.bench.duration, float)
+    assert r.targets == ["ort-cpu"] and r.openvino.precision == "f32" and "openvino" in EXPORTS
     d = to_dict(r)
     assert d["passes"][0] == {"fold_bn": {}} or "fold_bn" in d["passes"][0]
     assert parse_recipe(d) == r

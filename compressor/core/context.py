@@ -1,5 +1,5 @@
 """What every pass receives besides the model: data splits, the frozen teacher, preprocessing, the input shape,
-the output folder, the seed and whether to show progress."""
+the output folder, the seed, whether to show progress and how OpenVINO runs the models."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class Context:
     out_dir: Path
     seed: int = 0
     progress: bool = True
+    openvino_precision: str = "f32"  # OpenVINO's precision hint (recipe ``openvino.precision``)
     _teacher_logits: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def validation_top1(self, model: nn.Module) -> float:

@@ -29,7 +29,7 @@ class Artifact:
 
     path: Path
     precision: str  # "int8" | "fp32"
-    target: str  # "ort-cpu" | "tensorrt"
+    target: str  # "ort-cpu" | "openvino-cpu" | "tensorrt"
     deploy: bool = True
 
     def as_dict(self) -> dict:

@@ -14,8 +14,9 @@ from compressor.runtime.latency import measure_isolated
 
 @register_pass
 class Quantize:
-    """Searched INT8 PTQ for ONNX Runtime CPU (``ort-cpu``) or TensorRT-compliant QDQ (``tensorrt``); the model
-    passes through unchanged and the INT8 QDQ ONNX is the stage's artifact (:class:`compressor.quant.quantune.Quantune`)."""
+    """Searched INT8 PTQ for ONNX Runtime CPU (``ort-cpu``), OpenVINO CPU (``openvino-cpu``) or TensorRT-compliant
+    QDQ (``tensorrt``); the model passes through unchanged and the INT8 QDQ ONNX is the stage's artifact
+    (:class:`compressor.quant.quantune.Quantune`)."""
 
     name: ClassVar[str] = "quantize"
     Config: ClassVar[type] = QuantizeConfig

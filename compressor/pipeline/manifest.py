@@ -35,7 +35,7 @@ FORMAT = "compressor-manifest/1"
 NAME = "manifest.json"
 # Everything compressor writes at the top of an output folder, whichever passes ran.
 OUTPUT_NAMES = frozenset({
-    NAME, "model.onnx", "model_int8.onnx", "model.engine", "report.json", "report.md", "accuracy_latency.png",
+    NAME, "model.onnx", "model_int8.onnx", "model.engine", "model.xml", "model.bin", "report.json", "report.md", "accuracy_latency.png",
     "quantize_fp32.onnx", "quantized_int8.onnx", "quantize_search.png",
 })
 _TEMPORARY = re.compile(r"((stages|n2n)/)?tmp\w+\.tmp(\.\w+)?")  # an atomic write interrupted by a kill

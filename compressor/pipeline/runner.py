@@ -52,8 +52,9 @@ from compressor.pipeline.manifest import (
 )
 from compressor.pipeline.recipe import Recipe, to_dict
 from compressor.pipeline.report import Report, StageRecord, versions, write_report
-from compressor.runtime.bench import BenchSettings, bench_onnx
-from compressor.runtime.export import check_parity, export_onnx, ort_predict, ort_session
+from compressor.runtime import openvino
+from compressor.runtime.bench import BenchSettings, bench_targets
+from compressor.runtime.export import check_parity, export_onnx, export_openvino, ort_predict, ort_session
 
 
 def prepare_out_dir(out_dir: Path) -> None:
@@ -73,7 +74,10 @@ def recipe_prefix(recipe: Recipe, upto: int) -> dict:
     d = to_dict(recipe)
     model = {k: v for k, v in d["model"].items() if k != "weights"}
     data = {k: v for k, v in d["data"].items() if k != "path"}
-    return {"model": model, "data": data, "seed": d["seed"], "passes": d["passes"][:upto]}
+    key = {"model": model, "data": data, "seed": d["seed"], "passes": d["passes"][:upto]}
+    if any(getattr(p.config, "target", None) == "openvino-cpu" for p in recipe.passes[:upto]):
+        key["openvino"] = d["openvino"]  # the hint its candidates were scored and timed with
+    return key
 
 
 def stage_seed(seed: int, index: int) -> int:
@@ -115,6 +119,9 @@ class Pipeline:
             from compressor.runtime.tensorrt import _import_tensorrt
 
             _import_tensorrt()  # fail before any work when TensorRT is absent
+        if "openvino" in r.export or "openvino-cpu" in r.targets or any(
+                getattr(p.config, "target", None) == "openvino-cpu" for p in r.passes):
+            openvino.import_openvino()  # likewise for OpenVINO
         if r.budget.min_speedup is not None and not r.bench.enabled:
             raise CompressorError("budget.min_speedup (--min-speedup) needs latency measurements: set bench.enabled: "
                                   "true or drop --no-bench")
@@ -129,13 +136,50 @@ class Pipeline:
         record.macs = count_macs(model, self.input_shape)
         record.onnx_path = str(onnx_path.relative_to(self.out_dir))
         record.onnx_size_mb = onnx_path.stat().st_size / 2**20
+        if "openvino-cpu" in self.recipe.targets:  # the hint may change numerics: measured, never assumed
+            ov = logits if (record.artifact or {}).get("target") == "openvino-cpu" else self._predict(onnx_path, "openvino-cpu")
+            record.runtime_top1["openvino-cpu"] = top1(ov, test.labels)
         if self.recipe.bench.enabled:
-            stats = {b: s[0] for b, s in bench_onnx([onnx_path], self.recipe.bench.batches, self.bench).items()}
-            record.details["bench"] = stats
-            if 1 in stats:
-                record.latency_b1_p50_ms = stats[1]["latency_ms"]["median"]
-            if 64 in stats:
-                record.throughput_b64_img_s = stats[64]["throughput_img_s"]
+            self._time(record, onnx_path, self.recipe.targets)
+
+    def _time(self, record: StageRecord, path: Path, targets: list[str]) -> None:
+        """Per target: p50 at batch 1 and img/s at batch 64; the recipe's first target fills the gated columns."""
+        by_target = bench_targets(path, targets, self.recipe.bench.batches, self.bench, self.recipe.openvino.precision)
+        record.details["bench"] = by_target
+        for t, stats in by_target.items():
+            record.latency[t] = {"p50_b1_ms": stats[1]["latency_ms"]["median"] if 1 in stats else None,
+                                 "img_s_b64": stats[64]["throughput_img_s"] if 64 in stats else None}
+            if t == "openvino-cpu":
+                record.latency[t]["precision"] = self.recipe.openvino.precision
+        first = record.latency.get(self.recipe.targets[0])
+        if first is not None:
+            record.latency_b1_p50_ms, record.throughput_b64_img_s = first["p50_b1_ms"], first["img_s_b64"]
+
+    def _predict(self, path: Path, target: str) -> np.ndarray:
+        """Test-split logits of an ONNX file on ``target``: OpenVINO with the recipe's hint, or ONNX Runtime."""
+        if target == "openvino-cpu":
+            return openvino.predict(path, self.splits.test.images, self.recipe.openvino.precision, preprocess=self.preprocess)
+        return ort_predict(ort_session(path), self.splits.test, self.preprocess)
+
+    def _export_openvino(self, model: nn.Module, deployed: Path, precision: str, teacher_logits: np.ndarray,
+                         teacher_top1: float) -> StageRecord:
+        """model.xml/.bin of the deployed model, parity-checked on every test image, its accuracy measured under the
+        recipe's precision hint, which layers run in INT8, and its speed on openvino-cpu."""
+        t0, hint = time.perf_counter(), self.recipe.openvino.precision
+        xml, parity, logits = export_openvino(deployed, self.out_dir / "model.xml", model, self.splits.test,
+                                              self.preprocess, precision == "int8", hint)
+        rec = StageRecord("export_openvino", "export", top1(logits, self.splits.test.labels), params=count_params(model),
+                          macs=count_macs(model, self.input_shape), onnx_path=xml.name,
+                          onnx_size_mb=(xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20,
+                          details={"parity": parity.as_dict(), "precision_hint": hint, "deployed": deployed.name})
+        if precision == "int8":  # from OpenVINO's execution graph: which convolutions and linear layers run in u8/i8
+            rec.details["openvino_int8"] = openvino.int8_summary(xml, hint)
+        rec.delta_top1, rec.agreement = rec.top1 - teacher_top1, agreement(logits, teacher_logits)
+        rec.runtime_top1["openvino-cpu"] = rec.top1
+        if self.recipe.bench.enabled:
+            self._time(rec, xml, ["openvino-cpu"])
+        rec.seconds = time.perf_counter() - t0
+        return rec
 
     def _input_hashes(self, allowed_modules: tuple[str, ...]) -> tuple[dict, dict]:
         """(manifest inputs, the hashes every stage key includes): code, weights, model source, data."""
@@ -207,7 +251,8 @@ class Pipeline:
         manifest.save(self.out_dir)
 
         teacher = loaded.model
-        ctx = Context(self.splits, teacher, self.preprocess, self.input_shape, self.out_dir, r.seed, self.progress)
+        ctx = Context(self.splits, teacher, self.preprocess, self.input_shape, self.out_dir, r.seed, self.progress,
+                      openvino_precision=r.openvino.precision)
         teacher_logits = ctx.teacher_logits("test")
         report = Report(recipe=to_dict(r), seed=r.seed, versions=versions())
 
@@ -266,7 +311,7 @@ class Pipeline:
             if result.artifact is not None:
                 rec.artifact = {**result.artifact.as_dict(), "path": os.path.relpath(result.artifact.path, self.out_dir)}
                 path = result.artifact.path
-                logits = ort_predict(ort_session(path), self.splits.test, self.preprocess)
+                logits = self._predict(path, result.artifact.target)
             else:
                 logits = predict(model, self.splits.test, self.preprocess)
                 path = export_stage(model, name, logits)
@@ -300,10 +345,13 @@ class Pipeline:
             copy_atomic(self.out_dir / q.artifact["path"], int8_path)
             finals.append(int8_path.name)
             row = StageRecord("export_onnx_int8", "export", q.top1, q.delta_top1, q.agreement, q.params, q.macs,
-                              str(int8_path.name), q.onnx_size_mb, q.latency_b1_p50_ms, q.throughput_b64_img_s)
+                              str(int8_path.name), q.onnx_size_mb, q.latency_b1_p50_ms, q.throughput_b64_img_s,
+                              latency=q.latency, runtime_top1=q.runtime_top1)
             report.stages.append(row)
             if q.artifact["deploy"]:
                 deployed, deployed_precision = int8_path, q.artifact["precision"]
+        if "openvino" in r.export:
+            report.stages.append(self._export_openvino(model, deployed, deployed_precision, teacher_logits, teacher_top1))
         if "tensorrt" in r.export:
             from compressor.runtime.tensorrt import build_engine
 

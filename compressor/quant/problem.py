@@ -1,4 +1,5 @@
-"""One model's quantization problem: build the INT8 QDQ model of any configuration and score it on validation.
+"""One model's quantization problem: build the INT8 QDQ model of any configuration and score it on validation
+in the runtime of its target (ONNX Runtime for ort-cpu and tensorrt, OpenVINO for openvino-cpu).
 
 Everything expensive is done once and reused: the float graph is pre-processed once, statistics are collected
 once per calibration size (``Calibrator``), layer sensitivity once per non-precision configuration, and each
@@ -26,10 +27,12 @@ class QuantProblem:
     def __init__(
         self, model: onnx.ModelProto, calibration: Split, validation: Split, preprocess: Preprocess,
         target: str = "ort-cpu", mixed_fraction: float = 0.1, sensitivity_images: int = 64,
+        precision: str = "f32",
     ):
         self.float_model = prepare_float(model)
         self.calibrator = Calibrator(self.float_model, calibration, preprocess)
         self.validation, self.preprocess, self.target = validation, preprocess, target
+        self.precision = precision  # OpenVINO's precision hint for the float parts (openvino-cpu only)
         self.mixed_fraction = mixed_fraction
         self._sens_x = preprocess(calibration.images[:sensitivity_images]).numpy()
         self._float_layers: dict[QuantConfig, list[str]] = {}
@@ -56,12 +59,21 @@ class QuantProblem:
         return quantize(self.float_model, ranges, config, self.target, self.float_layers(config))
 
     def evaluate(self, config: QuantConfig) -> float:
-        """Validation top-1 (percent) of the INT8 model, run in ONNX Runtime; cached per configuration."""
+        """Validation top-1 (percent) of the INT8 model, run in the target's runtime; cached per configuration."""
         if config not in self.results:
             self.evaluations += 1
-            self.results[config] = top1_onnx(self.build(config), self.validation, self.preprocess)
+            self.results[config] = top1_onnx(self.build(config), self.validation, self.preprocess, target=self.target,
+                                             precision=self.precision)
         return self.results[config]
 
 
-def top1_onnx(model: onnx.ModelProto | str, split: Split, preprocess: Preprocess, batch: int = 250) -> float:
+def top1_onnx(model: onnx.ModelProto | str, split: Split, preprocess: Preprocess, batch: int = 250,
+              target: str = "ort-cpu", precision: str = "f32") -> float:
+    """Top-1 (percent) of an ONNX model on ``split``, run by OpenVINO (with ``precision``) for the openvino-cpu
+    target and by ONNX Runtime otherwise (a TensorRT engine is built elsewhere, on a GPU)."""
+    if target == "openvino-cpu":
+        from compressor.runtime import openvino
+
+        src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+        return top1(openvino.predict(src, split.images, precision, batch=batch, preprocess=preprocess), split.labels)
     return top1(ort_predict(ort_session(model), split, preprocess, batch), split.labels)

@@ -9,6 +9,13 @@ rewrites it lacks:
   become QLinearAdd, and the option-A shortcut's zero-padding kept in the quantized domain (a uint8 Pad whose
   constant is the zero point) instead of a DequantizeLinear → float Pad → QuantizeLinear island, then the whole
   shortcut (two strided Slices and that Pad) replaced by one exact 1×1 strided QLinearConv.
+- ``openvino-cpu`` (OpenVINO's CPU plugin): the ort-cpu placement (Q/DQ on the outputs of every op, so residual
+  Adds and ReLUs carry quantized tensors and OpenVINO fuses each Add into its convolution as a sum post-op;
+  quantizing only Conv/Gemm/Add inputs left every Add as a separate node) and the same tensor types per scheme,
+  with the exact shortcut rewrite (OpenVINO runs the 1×1 conv in INT8 and drops the shortcut's StridedSlices, Pad
+  and the layout reorders they forced; outputs are bit-identical) but without the stem's fourth input channel,
+  which only MLAS needs and which costs OpenVINO a Pad node. That every convolution and the linear layer then
+  execute in u8/i8 is checked on OpenVINO's execution graph (:func:`compressor.runtime.openvino.int8_layers`).
 - ``tensorrt`` (NVIDIA's explicit-quantization rules, TensorRT developer guide): int8 symmetric activations and
   weights, zero point 0, per-output-channel weight scales, Q/DQ on the inputs of Conv/Gemm and residual Adds,
   no output quantization on convolutions.
@@ -58,7 +65,8 @@ def quantize(
     target: str = "ort-cpu",
     exclude: tuple[str, ...] | list[str] = (),
 ) -> onnx.ModelProto:
-    """The QDQ model for ``config`` on ``target``; ``exclude`` names nodes kept in float (mixed precision)."""
+    """The QDQ model for ``config`` on ``target`` (ort-cpu | openvino-cpu | tensorrt); ``exclude`` names nodes kept
+    in float (mixed precision)."""
     tensorrt = target == "tensorrt"
     signed = tensorrt or config.scheme == "symmetric"
     act_type = QuantType.QInt8 if signed else QuantType.QUInt8
@@ -91,6 +99,7 @@ def quantize(
     if not tensorrt:
         quantized_pads(out)
         shortcut_convs(out)
+    if target == "ort-cpu":
         pad_input_channels(out)
     if config.scheme == "power_of_two" and not tensorrt:
         power_of_two_scales(out)

@@ -1,9 +1,10 @@
 """Quantune-style searched post-training INT8 quantization (Lee et al., arXiv 2202.05048).
 
 The float model is exported to ONNX; a search strategy (XGBoost tuner by default, warm-started from the shipped
-measurement database) measures configurations of :mod:`compressor.quant.space` as INT8 QDQ models in ONNX Runtime
-on the validation split. The most accurate candidates are timed against FP32 on the target
-(:mod:`compressor.runtime.latency`) and :mod:`compressor.quant.selection` picks the one to write.
+measurement database) measures configurations of :mod:`compressor.quant.space` as INT8 QDQ models on the
+validation split, run in the target's runtime (OpenVINO for openvino-cpu, ONNX Runtime otherwise). The most
+accurate candidates are timed against FP32 on the target's CPU runtime (:mod:`compressor.runtime.latency`) and
+:mod:`compressor.quant.selection` picks the one to write.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ from compressor.quant.tuner import (
 )
 from compressor.runtime.export import export_onnx
 from compressor.runtime.latency import measure_isolated
+from compressor.runtime.openvino import int8_summary
 
 STRATEGIES = ("xgboost", "random", "ga", "grid")
 
 
 @dataclass
 class QuantizeConfig:
-    """target: ort-cpu | tensorrt. strategy: xgboost | random | ga | grid. max_evals / max_seconds /
+    """target: ort-cpu | openvino-cpu | tensorrt. strategy: xgboost | random | ga | grid. max_evals / max_seconds /
     max_accuracy_drop (points below FP32 validation top-1 that end the search early): the budget.
     baselines: also run these strategies with the same budget for the history plot.
     warm_start_db: measurement database for the XGBoost tuner ("" = the shipped one, "none" = no transfer).
@@ -51,11 +53,12 @@ class QuantizeConfig:
     best validation top-1 (plus, on ort-cpu, the best fully fusable one) are timed against FP32.
     speed_accuracy_budget: points of validation top-1 the pass may give up for an INT8 model that is faster
     than FP32; the most accurate such candidate is written, else the most accurate candidate.
-    fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on ORT-CPU. "Faster" means beyond
-    the measured noise (every timed round); a speed-up within the noise counts as not faster
-    (:mod:`compressor.quant.selection`), so jitter within the noise does not decide the written or deployed model.
+    fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on the target's CPU runtime
+    (ort-cpu, openvino-cpu). "Faster" means beyond the measured noise (every timed round); a speed-up within the
+    noise counts as not faster (:mod:`compressor.quant.selection`), so jitter does not decide the deployed model.
     min_speedup / latency_batch / threads: the speed-up INT8 must reach at batch 1 and at ``latency_batch``,
-    timed with that many ORT intra-op threads, each model in its own process (``measure_isolated``)."""
+    timed with that many threads, each model in its own process (``measure_isolated``); on openvino-cpu both
+    models run with the recipe's OpenVINO precision hint."""
 
     target: str = param("ort-cpu", choices=TARGETS)
     strategy: str = param("xgboost", choices=STRATEGIES)
@@ -101,9 +104,11 @@ class Quantune:
         c = self.config
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         fp32_path = export_onnx(model, ctx.out_dir / "quantize_fp32.onnx", ctx.input_shape)
+        openvino = c.target == "openvino-cpu"
         problem = QuantProblem(onnx.load(fp32_path), ctx.splits.calibration, ctx.splits.validation, ctx.preprocess,
-                               c.target, c.mixed_fraction)
-        fp32_val = top1_onnx(problem.float_model, ctx.splits.validation, ctx.preprocess)
+                               c.target, c.mixed_fraction, precision=ctx.openvino_precision)
+        fp32_val = top1_onnx(problem.float_model, ctx.splits.validation, ctx.preprocess, target=c.target,
+                             precision=ctx.openvino_precision)
         descriptors = model_descriptors(model, problem.float_model)
         target_acc = None if c.max_accuracy_drop is None else fp32_val - c.max_accuracy_drop
         budget = Budget(c.max_evals, c.max_seconds, target_acc)
@@ -115,8 +120,9 @@ class Quantune:
         pool = latency_pool(problem.results, c.target, c.accuracy_tolerance, c.latency_candidates)
         models = {f"int8:{cfg.key()}": problem.build(cfg) for cfg in pool}
         images = ctx.preprocess(ctx.splits.validation.images[: c.latency_batch]).numpy()
+        on = {"backend": "openvino", "precision": ctx.openvino_precision} if openvino else {}  # else ONNX Runtime
         timed = self.measure_latency({"fp32": problem.float_model, **models}, images, c.latency_batch, c.threads,
-                                     progress=ctx.progress)
+                                     progress=ctx.progress, **on)
         lat = {cfg: timed[f"int8:{cfg.key()}"] for cfg in pool}
         checks = {cfg: speed_check(timed["fp32"], lat[cfg], c.min_speedup) for cfg in pool}
         best, choice_rule = choose(pool, problem.results, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance)
@@ -125,7 +131,8 @@ class Quantune:
             onnx.save(qdq, tmp)
         plot = plot_history(results, fp32_val, ctx.out_dir / "quantize_search.png")
         # ORT-CPU speed says nothing about a TensorRT engine, so it never vetoes the tensorrt target's INT8 model.
-        fallback = c.fallback_to_fp32_if_slower and c.target == "ort-cpu"
+        fallback = c.fallback_to_fp32_if_slower and c.target != "tensorrt"
+        runtime = "OpenVINO" if openvino else "ORT-CPU"
         deploy = deployment(speed["int8_faster"], fallback)
         record = {
             "target": c.target,
@@ -145,10 +152,13 @@ class Quantune:
         if not speed["int8_faster"]:
             why = "within the measured noise" if speed["speed_verdict"] == "within noise" else "measured in every round"
             record["speed_note"] = (
-                f"INT8 is not faster than FP32 on ORT-CPU here ({why}; median throughput x{speed['throughput_speedup']}, "
+                f"INT8 is not faster than FP32 on {runtime} here ({why}; median throughput x{speed['throughput_speedup']}, "
                 f"batch-1 x{speed['batch1_speedup']}); deploying {deploy.upper()}"
-                + ("" if c.target == "ort-cpu" else " (the tensorrt target is not judged by ORT-CPU speed)")
+                + ("" if c.target != "tensorrt" else " (the tensorrt target is not judged by ORT-CPU speed)")
             )
         if c.target == "tensorrt":
             record["tensorrt_violations"] = check_tensorrt(qdq)
+        if openvino:  # from OpenVINO's execution graph, not from the graph we emitted
+            record["openvino_precision"] = ctx.openvino_precision
+            record["openvino_int8"] = int8_summary(qdq.SerializeToString(), ctx.openvino_precision)
         return QuantuneResult(ctx.out_dir / "quantized_int8.onnx", fp32_path, plot, deploy == "int8", record)

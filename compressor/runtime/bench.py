@@ -5,11 +5,12 @@ trtexec reports "Throughput: N qps" (queries = batched inferences per second of 
 ``--warmUp`` ms and for ``--duration`` s. We print the same lines so existing parsers keep working, plus img/s.
 ``--vs`` measures two artifacts interleaved (A, B, A, B, …) so both see the same machine state.
 
-ONNX Runtime artifacts are timed in fresh processes that hold one session each (this module imports torch only
-when a torch backend is asked for, so ``python -m compressor.runtime.bench --child`` stays light): on a 2-core host an
-idle session's thread pool in the same process slows the session being timed and understates INT8
-(docs/performance.md). Several artifacts alternate
-window by window, A, B, A, B, ...; the quantize pass's INT8-faster check uses the same children.
+ONNX Runtime and OpenVINO artifacts are timed in fresh processes that hold one session (one compiled model) each:
+this module imports torch only when a torch backend is asked for, and a child imports only numpy and its runtime,
+so ``python -m compressor.runtime.bench --child`` stays light. On a 2-core host an idle session's thread pool in
+the same process slows the session being timed and understates INT8 (docs/performance.md). Several artifacts
+alternate window by window, A, B, A, B, ..., on one runtime or across the two; the quantize pass's INT8-faster
+check uses the same children.
 """
 
 from __future__ import annotations
@@ -152,32 +153,56 @@ def format_summary(label: str, s: dict) -> str:
     ])
 
 
-BACKENDS = ("auto", "onnxruntime-cpu", "torch-cpu", "torch-cuda", "torch-int8", "tensorrt")
+BACKENDS = ("auto", "onnxruntime-cpu", "openvino", "torch-cpu", "torch-cuda", "torch-int8", "tensorrt")
+CHILD_BACKENDS = ("onnxruntime-cpu", "openvino")  # timed in child processes
+TARGET_BACKENDS = {"ort-cpu": "onnxruntime-cpu", "openvino-cpu": "openvino"}  # a recipe's targets → bench backends
 
 
 def resolve_backend(artifact: str, backend: str) -> str:
-    """``auto`` is onnxruntime-cpu for .onnx, tensorrt for .engine/.plan, torch-cpu otherwise."""
+    """``auto`` is onnxruntime-cpu for .onnx, openvino for an IR .xml, tensorrt for .engine/.plan, torch-cpu
+    otherwise."""
+    name = str(artifact)
     if backend == "auto":
-        return ("onnxruntime-cpu" if str(artifact).endswith(".onnx")
-                else "tensorrt" if str(artifact).endswith((".engine", ".plan")) else "torch-cpu")
+        return ("onnxruntime-cpu" if name.endswith(".onnx") else "openvino" if name.endswith(".xml")
+                else "tensorrt" if name.endswith((".engine", ".plan")) else "torch-cpu")
     if backend not in BACKENDS:
         raise CompressorError(f"unknown bench backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if backend == "onnxruntime-cpu" and not str(artifact).endswith(".onnx"):
+    if backend == "onnxruntime-cpu" and not name.endswith(".onnx"):
         raise CompressorError(f"backend onnxruntime-cpu needs an .onnx artifact, got {artifact}")
+    if backend == "openvino" and not name.endswith((".onnx", ".xml")):
+        raise CompressorError(f"backend openvino needs an .onnx file or an OpenVINO IR .xml, got {artifact}")
     return backend
 
 
-def make_runner(artifact: str, backend: str, batch: int, threads: int,
-                model_loader: Callable[[str], tuple[nn.Module, tuple]], fp16: bool = False, cuda_graph: bool = False) -> Runner:
-    """Pick the runner for an artifact.
+@dataclass(frozen=True)
+class Timed:
+    """An artifact to time in child processes: the file, its runtime (one of :data:`CHILD_BACKENDS`) and, for
+    OpenVINO, the precision hint (f32 | bf16 | default)."""
 
-    onnxruntime-cpu: an .onnx file. torch-cpu / torch-cuda / torch-int8: a model (state_dict with --model, or a
-    compressor stage file). tensorrt: a serialized engine. ``auto`` is onnxruntime-cpu for .onnx, tensorrt for
-    .engine/.plan, torch-cpu otherwise.
+    path: str | Path
+    backend: str = "onnxruntime-cpu"
+    precision: str = "f32"
+
+    def label(self) -> str:
+        return f"{self.path} [{self.backend}{f', {self.precision}' if self.backend == 'openvino' else ''}]"
+
+
+def make_runner(artifact: str, backend: str, batch: int, threads: int,
+                model_loader: Callable[[str], tuple[nn.Module, tuple]], fp16: bool = False, cuda_graph: bool = False,
+                precision: str = "f32") -> Runner:
+    """Pick the runner for an artifact, in this process.
+
+    onnxruntime-cpu: an .onnx file. openvino: an .onnx or IR .xml file, with ``precision`` as its hint.
+    torch-cpu / torch-cuda / torch-int8: a model (state_dict with --model, or a compressor stage file). tensorrt: a
+    serialized engine. ``auto``: see :func:`resolve_backend`.
     """
     backend = resolve_backend(artifact, backend)
     if backend == "onnxruntime-cpu":
         return onnx_runner(artifact, batch, threads)
+    if backend == "openvino":
+        from compressor.runtime.openvino import runner
+
+        return runner(artifact, batch, threads, precision)
     if backend == "tensorrt":
         from compressor.runtime.gpu_backends import make_tensorrt_runner
 
@@ -209,22 +234,29 @@ WINDOWS = 3  # measurement windows per artifact when several ONNX artifacts alte
 Measured = tuple[list[float], float, list[float]]  # latencies in ms, summed wall time in s, median ms per window
 
 
-def measure_onnx_isolated(paths: list[str | Path], batches: list[int], settings: BenchSettings,
+def measure_onnx_isolated(paths: list[str | Path | Timed], batches: list[int], settings: BenchSettings,
                           windows: int = WINDOWS, inputs: str | Path | None = None,
                           progress: bool = False, input_shape: tuple[int, ...] | None = None) -> dict[int, list[Measured]]:
-    """``measure`` for ONNX files, each window a fresh process that holds one session and times every batch
-    size. Several files alternate (A, B, A, B, ...) over ``windows`` windows that split ``duration`` and
-    ``iterations``; a single file is one window. ``inputs``: an .npy of images to feed instead of random values
-    (of ``input_shape``, or of the files' static input shape when None).
+    """``measure`` for ONNX (or OpenVINO IR) files, each window a fresh process that holds one session and times
+    every batch size. A plain path runs on ONNX Runtime; a :class:`Timed` names its runtime. Several files
+    alternate (A, B, A, B, ...) over ``windows`` windows that split ``duration`` and ``iterations``; a single file
+    is one window. ``inputs``: an .npy of images to feed instead of random values (of ``input_shape``, or of the
+    files' static input shape when None).
     Returns, per batch size, per file (latencies in ms, summed wall time in s, each window's median in ms)."""
-    windows = windows if len(paths) > 1 else 1
+    specs = [p if isinstance(p, Timed) else Timed(p) for p in paths]
+    if any(s.backend == "openvino" for s in specs):
+        from compressor.runtime.openvino import import_openvino
+
+        import_openvino()  # a missing extra is one line here, not a child's traceback
+    windows = windows if len(specs) > 1 else 1
     child = replace(settings, duration=settings.duration / windows, iterations=math.ceil(settings.iterations / windows))
     measured: dict[int, list[Measured]] = {b: [([], 0.0, []) for _ in paths] for b in batches}
     bar = tqdm(total=windows * len(paths), desc="latency", disable=not progress, leave=False)
     for _ in range(windows):
-        for i, path in enumerate(paths):
-            cmd = [sys.executable, "-m", "compressor.runtime.bench", "--child", str(path), "--batches",
-                   ",".join(map(str, batches)), "--settings", json.dumps(asdict(child))]
+        for i, spec in enumerate(specs):
+            cmd = [sys.executable, "-m", "compressor.runtime.bench", "--child", str(spec.path), "--batches",
+                   ",".join(map(str, batches)), "--settings", json.dumps(asdict(child)), "--backend", spec.backend,
+                   "--precision", spec.precision]
             if inputs is not None:
                 cmd += ["--inputs", str(inputs)]
             if input_shape is not None:
@@ -232,7 +264,7 @@ def measure_onnx_isolated(paths: list[str | Path], batches: list[int], settings:
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise CompressorError(f"benchmarking {Path(path).name} in a child process failed: {last}")
+                raise CompressorError(f"benchmarking {Path(spec.path).name} in a child process failed: {last}")
             result = json.loads(done.stdout.strip().splitlines()[-1])
             for b in batches:
                 lat, wall, medians = measured[b][i]
@@ -243,27 +275,47 @@ def measure_onnx_isolated(paths: list[str | Path], batches: list[int], settings:
     return measured
 
 
-def bench_onnx(paths: list[str | Path], batches: list[int], settings: BenchSettings,
+def bench_onnx(paths: list[str | Path | Timed], batches: list[int], settings: BenchSettings,
                input_shape: tuple[int, ...] | None = None) -> dict[int, list[dict]]:
-    """trtexec-style figures per batch size of ONNX files, each measured in its own processes."""
+    """trtexec-style figures per batch size of ONNX files (or :class:`Timed` artifacts on either runtime), each
+    measured in its own processes."""
     measured = measure_onnx_isolated(paths, batches, settings, input_shape=input_shape)
     return {b: [summarize(lat, b, wall) for lat, wall, _ in measured[b]] for b in batches}
 
 
+def bench_targets(path: str | Path, targets: list[str], batches: list[int], settings: BenchSettings,
+                  openvino_precision: str = "f32") -> dict[str, dict[int, dict]]:
+    """One ONNX file on each of a recipe's targets (ort-cpu, openvino-cpu), the runtimes alternating window by
+    window: per target, per batch size, the trtexec-style figures."""
+    specs = [Timed(path, TARGET_BACKENDS[t], openvino_precision) for t in targets]
+    by_batch = bench_onnx(specs, batches, settings)
+    return {t: {b: by_batch[b][i] for b in batches} for i, t in enumerate(targets)}
+
+
 def _child() -> None:
-    p = argparse.ArgumentParser(description="Time one ONNX file alone in this process; print JSON.")
+    p = argparse.ArgumentParser(description="Time one ONNX (or OpenVINO IR) file alone in this process; print JSON.")
     p.add_argument("--child", required=True)
     p.add_argument("--batches", required=True)
     p.add_argument("--settings", required=True)
     p.add_argument("--inputs")
     p.add_argument("--shape", help="C,H,W of the random input (for dynamic input dims)")
+    p.add_argument("--backend", default="onnxruntime-cpu", choices=CHILD_BACKENDS)
+    p.add_argument("--precision", default="f32", help="OpenVINO precision hint: f32 | bf16 | default")
     args = p.parse_args()
     shape = None if args.shape is None else tuple(map(int, args.shape.split(",")))
     settings = BenchSettings(**json.loads(args.settings))
     inputs = None if args.inputs is None else np.load(args.inputs)
+    if args.backend == "openvino":  # imports numpy and openvino only
+        from compressor.runtime.openvino import runner as openvino_runner
+
+        def make(b: int) -> Runner:
+            return openvino_runner(args.child, b, settings.threads, args.precision, inputs, shape)
+    else:
+        def make(b: int) -> Runner:
+            return onnx_runner(args.child, b, settings.threads, inputs, shape)
     result = {}
     for b in map(int, args.batches.split(",")):
-        run = onnx_runner(args.child, b, settings.threads, inputs, shape)  # one session alive at a time
+        run = make(b)  # one session alive at a time
         (lat, wall), = measure([run], settings)
         del run
         result[b] = {"latencies_ms": lat, "wall_s": wall}

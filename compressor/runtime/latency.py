@@ -1,4 +1,4 @@
-"""ONNX Runtime CPU latency of several models, measured side by side in one run.
+"""CPU latency of several ONNX models on ONNX Runtime or OpenVINO, measured side by side in one run.
 
 The machine may be shared and its clock may drift, so the models alternate round by round on the same input and
 each figure is a median over rounds; a speed-up measured on separate runs would mostly measure the noise.
@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from compressor.runtime.bench import BenchSettings, measure_onnx_isolated
+from compressor.runtime.bench import BenchSettings, Timed, measure_onnx_isolated
 from compressor.runtime.sessions import ort_session
 
 
@@ -76,11 +76,13 @@ def measure_interleaved(
 
 def measure_isolated(
     models: dict[str, onnx.ModelProto | str], images: np.ndarray, batch: int = 64, threads: int = 2,
-    rounds: int = 5, seconds: float = 0.4, progress: bool = False,
+    rounds: int = 5, seconds: float = 0.4, progress: bool = False, backend: str = "onnxruntime-cpu",
+    precision: str = "f32",
 ) -> dict[str, Latency]:
     """Like ``measure_interleaved``, but each round times every model in a fresh process that holds only its
     session (``bench.measure_onnx_isolated``), the models alternating round by round; ``seconds`` of measurement
-    per model, round and batch size. Both figures come from the median run."""
+    per model, round and batch size. Both figures come from the median run. ``backend``: onnxruntime-cpu or
+    openvino (with ``precision`` as its hint)."""
     with tempfile.TemporaryDirectory(prefix="compressor-latency-") as tmp:
         paths = []
         for i, m in enumerate(models.values()):
@@ -89,6 +91,7 @@ def measure_isolated(
                 onnx.save(m, paths[-1])
             else:
                 paths.append(Path(m))
+        paths = [Timed(p, backend, precision) for p in paths]
         npy = Path(tmp) / "inputs.npy"
         np.save(npy, np.ascontiguousarray(images[:batch], dtype=np.float32))
         settings = BenchSettings(warmup=0.1, duration=seconds * rounds, iterations=3 * rounds, threads=threads)

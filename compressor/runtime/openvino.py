@@ -1,0 +1,175 @@
+"""OpenVINO CPU: compiled models, predictions, the layers its execution graph runs in INT8, and IR export.
+
+This module imports only numpy at load time (OpenVINO when first used), so the benchmark's child processes
+(``python -m compressor.runtime.bench --child X --backend openvino``) start without torch or onnxruntime.
+
+OpenVINO reads an ONNX file directly, QDQ included: its ONNX frontend turns each QuantizeLinear/DequantizeLinear
+pair into a FakeQuantize and its low-precision transformations run the layers between them in u8/i8. The
+precision hint decides what the float parts run in: ``f32``; ``bf16`` (the CPU plugin's own default on CPUs with
+native bfloat16); or ``default``, which leaves the choice to the plugin. The hint changes numerics, so every
+deployment to OpenVINO has its accuracy measured with the hint it ships with.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compressor.core.files import atomic_path
+from compressor.errors import CompressorError
+
+PRECISIONS = ("f32", "bf16", "default")
+RT_INFO_HINT = ["runtime_options", "INFERENCE_PRECISION_HINT"]  # where the IR records the hint it was checked with
+COMPUTE_LAYERS = ("Convolution", "Deconvolution", "FullyConnected", "MatMul", "GroupConvolution")
+INT8 = ("u8", "i8")
+
+
+def import_openvino() -> Any:
+    """The ``openvino`` module, or a one-line error saying how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise CompressorError(
+            "OpenVINO is not installed; install the extra with pip install -e \".[openvino]\" (or pip install openvino)"
+        ) from None
+    return openvino
+
+
+def compile_model(model: str | Path | bytes | Any, threads: int = 0, precision: str = "f32",
+                  batch: int | None = None, input_shape: tuple[int, ...] | None = None) -> Any:
+    """A CPU ``CompiledModel`` of an .onnx or .xml file, ONNX bytes or an ``openvino.Model``.
+
+    ``threads``: inference threads (0 lets OpenVINO choose), one stream, as an ONNX Runtime session with that many
+    intra-op threads. ``precision``: one of :data:`PRECISIONS`. ``batch``: compile for that static batch size
+    (what a deployment does; without it OpenVINO compiles for the dynamic batch axis of our exports).
+    ``input_shape``: C,H,W to fix dynamic image dims at (with ``batch``)."""
+    if precision not in PRECISIONS:
+        raise CompressorError(f"unknown OpenVINO precision {precision!r}; choose {' | '.join(PRECISIONS)}")
+    ov = import_openvino()
+    core = ov.Core()
+    try:
+        if isinstance(model, (str, Path)):
+            net = core.read_model(str(model))
+        elif isinstance(model, bytes):
+            net = core.read_model(model)
+        else:
+            net = model.clone() if batch is not None else model
+        if batch is not None:
+            shape = net.input(0).get_partial_shape()
+            shape[0] = batch
+            if input_shape is not None:
+                shape = [batch, *input_shape]
+            net.reshape({net.input(0): shape})
+        config: dict[str, Any] = {"NUM_STREAMS": 1}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if precision != "default":
+            config["INFERENCE_PRECISION_HINT"] = precision
+        return core.compile_model(net, "CPU", config)
+    except RuntimeError as exc:
+        name = Path(model).name if isinstance(model, (str, Path)) else "the model"
+        raise CompressorError(f"OpenVINO could not compile {name}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def runner(path: str | Path, batch: int, threads: int, precision: str = "f32", inputs: np.ndarray | None = None,
+           input_shape: tuple[int, ...] | None = None):
+    """One synchronous inference of ``batch`` images per call, as ``bench.onnx_runner`` for ONNX Runtime."""
+    compiled = compile_model(path, threads, precision, batch, input_shape)
+    shape = tuple(compiled.input(0).get_shape())
+    if inputs is None:
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    else:
+        x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)
+    request = compiled.create_infer_request()
+    return lambda: request.infer({0: x}) and None
+
+
+def predict(model: str | Path | bytes | Any, images: np.ndarray, precision: str = "f32", threads: int = 0,
+            batch: int = 250, preprocess: Callable | None = None) -> np.ndarray:
+    """Logits of ``images``: preprocessed NCHW floats, or raw images that ``preprocess`` turns into a tensor batch by
+    batch (as ``export.ort_predict``). Compiled for a static ``batch``, the last batch padded with zeros."""
+    batch = min(batch, len(images))
+    request = compile_model(model, threads, precision, batch).create_infer_request()
+    out = []
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch] if preprocess is None else preprocess(images[i : i + batch]).numpy()
+        n = len(x)
+        if n < batch:
+            x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
+        out.append(np.array(request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})[0][:n]))
+    return np.concatenate(out)
+
+
+@dataclass(frozen=True)
+class ExecLayer:
+    """One node of OpenVINO's execution graph (``CompiledModel.get_runtime_model()``)."""
+
+    name: str
+    type: str  # the CPU plugin's layer type: Convolution, FullyConnected, ...
+    precision: str  # runtimePrecision: what the layer computes in (u8/i8 for INT8 kernels)
+    primitive: str  # the kernel chosen, e.g. brgconv_avx512_amx_I8
+
+    @property
+    def int8(self) -> bool:
+        return self.precision in INT8
+
+
+def exec_layers(compiled: Any) -> list[ExecLayer]:
+    """The convolutions and fully connected / MatMul layers of a compiled model's execution graph."""
+    out = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = {key: rt_value.astype(str) for key, rt_value in op.get_rt_info().items()}
+        kind = rt.get("layerType", op.get_type_name())
+        if kind in COMPUTE_LAYERS:
+            out.append(ExecLayer(op.get_friendly_name(), kind, rt.get("runtimePrecision", ""), rt.get("primitiveType", "")))
+    return out
+
+
+def int8_layers(compiled: Any) -> tuple[list[ExecLayer], list[ExecLayer]]:
+    """(layers that run in u8/i8, layers that do not) among :func:`exec_layers`: how to confirm from OpenVINO
+    itself, not from the graph we emitted, that the convolutions and the linear layer execute in INT8."""
+    layers = exec_layers(compiled)
+    return [x for x in layers if x.int8], [x for x in layers if not x.int8]
+
+
+def int8_summary(model: str | Path | bytes, precision: str = "f32") -> dict:
+    """How many compute layers run in INT8 once ``model`` is compiled, with the names of those that do not."""
+    int8, other = int8_layers(compile_model(model, 1, precision, 1))
+    return {"int8_layers": len(int8), "compute_layers": len(int8) + len(other),
+            "not_int8": {x.name: f"{x.type} {x.precision}" for x in other}}
+
+
+def save_ir(model_path: str | Path, xml_path: str | Path, precision: str) -> Path:
+    """Convert an ONNX file to OpenVINO IR (``.xml`` + ``.bin`` beside it), weights kept in their own precision,
+    written to temporary names and renamed, .bin first, so neither file is ever half-written. ``precision``
+    is recorded in the IR's rt_info (``runtime_options``); OpenVINO does not apply it by itself, so a deployment
+    passes it to ``compile_model`` as ``compressor`` does."""
+    ov = import_openvino()
+    xml_path = Path(xml_path)
+    try:
+        # read_model, not convert_model: convert_model applies its own transformations to a QDQ graph, and the INT8
+        # IR then computed other logits than the ONNX file that was scored; read_model + save_model keeps them equal.
+        net = ov.Core().read_model(str(model_path))
+        net.set_rt_info(precision, RT_INFO_HINT)
+        with atomic_path(xml_path) as tmp_xml:
+            tmp_bin = tmp_xml.with_suffix(".bin")
+            try:
+                ov.save_model(net, str(tmp_xml), compress_to_fp16=False)
+                # The .xml does not name its .bin (a reader looks beside it), so both can be renamed.
+                os.replace(tmp_bin, xml_path.with_suffix(".bin"))
+            finally:
+                tmp_bin.unlink(missing_ok=True)
+    except RuntimeError as exc:
+        raise CompressorError(f"OpenVINO IR export failed: {str(exc).strip().splitlines()[0]}") from None
+    return xml_path
+
+
+def recorded_precision(xml_path: str | Path) -> str | None:
+    """The precision hint :func:`save_ir` recorded in an IR, or None."""
+    net = import_openvino().Core().read_model(str(xml_path))
+    return net.get_rt_info(RT_INFO_HINT).astype(str) if net.has_rt_info(RT_INFO_HINT) else None
