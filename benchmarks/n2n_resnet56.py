@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.executors import SerialExecutor
 from compressor.core.metrics import count_macs, count_params, predict, top1
 from compressor.core.train import BN_MODES, TRAIN_PRECISIONS, FinetuneConfig, distill
 from compressor.core.zoo import ZOO
@@ -99,7 +100,9 @@ def main() -> None:
     teacher.load_state_dict(torch.load(args.teacher, weights_only=True))
     teacher.eval()
     pre = Preprocess()
-    ctx = Context(splits, teacher, pre, INPUT, out, seed=args.seed, progress=True)
+    # Students train with the same threads as everything else here (the executor's per-task threads).
+    ctx = Context(splits, teacher, pre, INPUT, out, seed=args.seed, progress=True,
+                  executor=SerialExecutor(torch.get_num_threads()))
     final = FinetuneConfig(steps=args.final_steps, batch_size=args.final_batch, lr=args.final_lr, kd_loss="mse",
                            ce_weight=1.0, tune_mode=False, bn=args.final_bn, precision=args.precision)
     config = N2NConfig(

@@ -124,6 +124,30 @@ def _apply_overrides(data: dict, model, weights, data_path, input_shape, allow_p
     return data
 
 
+def _apply_executor(data: dict, executor: str | None, workers: int | None) -> dict:
+    """--executor KIND|ray://host:port and --workers N replace the recipe's executor section key by key."""
+    from compressor.core.executors import parse_executor_option
+
+    if executor is None and workers is None:
+        return data
+    section = data.get("executor") or {}
+    if not isinstance(section, dict):
+        raise CompressorError("recipe: executor must be a mapping")
+    section = dict(section)
+    if executor is not None:
+        section.pop("address", None)
+        section.update(parse_executor_option(executor))
+    if workers is not None:
+        section["workers"] = workers
+    return {**data, "executor": section}
+
+
+def executor_options(f):
+    f = click.option("--workers", type=click.IntRange(min=1), help="Parallel candidate evaluations (processes, local Ray).")(f)
+    return click.option("--executor", help="Where candidates run: serial | processes | ray | ray://host:port "
+                        "(results are identical; see docs/executors.md).")(f)
+
+
 def _run_pipeline(data: dict, out: str, resume: bool, force: bool, quiet: bool) -> None:
     from compressor.pipeline.recipe import parse_recipe
     from compressor.pipeline.runner import Pipeline
@@ -169,8 +193,9 @@ def cli(debug: bool) -> None:
 @click.option("--recipe", type=str, callback=_path_flag, help="YAML recipe (see recipes/).")
 @model_options
 @budget_options
+@executor_options
 def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, validation, calibration, out,
-             resume, force, max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
+             resume, force, max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet, executor, workers):
     """Run a recipe's passes on a teacher, export, benchmark and write the report."""
     data = _read_yaml(recipe)
     if not recipe:
@@ -178,7 +203,7 @@ def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pi
     budgets = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_mb": max_size_mb}
     data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
                             mean, std, {"validation": validation, "calibration": calibration})
-    _run_pipeline(data, out, resume, force, quiet)
+    _run_pipeline(_apply_executor(data, executor, workers), out, resume, force, quiet)
 
 
 @cli.command("run")
@@ -187,8 +212,9 @@ def compress(recipe, model, weights, data_path, input_shape, mean, std, allow_pi
 @click.option("--set", "sets", multiple=True, help="Pass parameter KEY=VALUE (YAML value); repeatable.")
 @model_options
 @budget_options
+@executor_options
 def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shape, mean, std, allow_pickle, seed, validation,
-             calibration, out, resume, force, max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet):
+             calibration, out, resume, force, max_accuracy_drop, min_speedup, max_size_mb, no_bench, quiet, executor, workers):
     """Run one pass on a model (for CI pipelines that run passes one at a time)."""
     import yaml
 
@@ -217,7 +243,7 @@ def run_pass(pass_name, config_path, sets, model, weights, data_path, input_shap
     data = {"passes": [{pass_name: params}], "export": export}
     data = _apply_overrides(data, model, weights, data_path, _parse_shape(input_shape), allow_pickle, seed, budgets, no_bench,
                             mean, std, {"validation": validation, "calibration": calibration})
-    _run_pipeline(data, out, resume, force, quiet)
+    _run_pipeline(_apply_executor(data, executor, workers), out, resume, force, quiet)
 
 
 @cli.command()
@@ -231,6 +257,12 @@ def passes():
         click.echo(f"{name}: {doc}")
         for field_name, type_name, default, allowed in config_fields(cls.Config):
             click.echo(f"    {field_name}: {type_name} = {default!r}" + (f"  ({allowed})" if allowed else ""))
+    from compressor.core.config import describe
+    from compressor.core.executors import ExecutorConfig
+
+    click.echo("executor (recipe section; --executor, --workers): where search candidates run, see docs/executors.md")
+    for field_name, type_name, default, allowed in describe(ExecutorConfig):
+        click.echo(f"    {field_name}: {type_name} = {default!r}" + (f"  ({allowed})" if allowed else ""))
 
 
 @cli.command()

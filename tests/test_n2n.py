@@ -14,6 +14,7 @@ from torch import nn
 
 from compressor.core.config import from_dict
 from compressor.core.data import Preprocess
+from compressor.core.executors import SerialExecutor
 from compressor.core.metrics import count_params
 from compressor.core.serialize import load_model, save_model
 from compressor.core.zoo import ZOO
@@ -23,7 +24,6 @@ from compressor.n2n.layers import STATE_DIM, Candidate, Measurement, build_stude
 from compressor.n2n.policy import RemovalPolicy, ShrinkPolicy
 from compressor.n2n.reward import RewardFunction, compression_reward, constraint_penalty
 from compressor.n2n.search import N2NConfig, N2NSearch
-from compressor.n2n.students import SerialExecutor
 from compressor.passes import PASSES, Context
 from compressor.runtime.export import export_onnx, ort_session
 
@@ -201,11 +201,12 @@ def test_shrink_keeps_channels_by_importance(teacher):
 
 class CountingExecutor(SerialExecutor):
     def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
 
-    def map(self, fn, candidates):  # noqa: ANN001, ANN201
-        self.calls += len(candidates)
-        return super().map(fn, candidates)
+    def map(self, fn, tasks, shared=None, names=None):  # noqa: ANN001, ANN201
+        self.calls += len(tasks)
+        return super().map(fn, tasks, shared, names)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -342,9 +343,9 @@ def test_reinforce_raises_the_probability_of_the_rewarded_action(tmp_path, demo_
     search = N2NSearch(teacher, _ctx(demo_splits, teacher, tmp_path), N2NConfig(**dict(TINY, rollouts=8)))
     target = next(layer.unit for layer in search.table.layers if layer.decides)
 
-    class Rewarding:
-        def map(self, fn, candidates):
-            return [Measurement(True, 100.0 * (target in c.remove), 1, 1) for c in candidates]
+    class Rewarding(SerialExecutor):
+        def map(self, fn, tasks, shared=None, names=None):  # noqa: ANN001, ANN201
+            return [Measurement(True, 100.0 * (target in c.remove), 1, 1) for c in tasks]
 
     search.executor = Rewarding()
     search.reward = lambda m, epoch: m.accuracy / 100

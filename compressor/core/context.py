@@ -1,5 +1,6 @@
 """What every pass receives besides the model: data splits, the frozen teacher, preprocessing, the input shape,
-the output folder, the seed, whether to show progress and how OpenVINO runs the models."""
+the output folder, the seed, whether to show progress, how OpenVINO runs the models and the executor that runs
+independent evaluations."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from torch import nn
 
 from compressor.core.data import Preprocess, Split, Splits
+from compressor.core.executors import Executor, SerialExecutor
 from compressor.core.metrics import predict, top1
 
 
@@ -23,6 +25,7 @@ class Context:
     seed: int = 0
     progress: bool = True
     openvino_precision: str = "f32"  # OpenVINO's precision hint (recipe ``openvino.precision``)
+    executor: Executor = field(default_factory=SerialExecutor, repr=False)
     _teacher_logits: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def validation_top1(self, model: nn.Module) -> float:

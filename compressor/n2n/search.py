@@ -13,8 +13,9 @@ REINFORCE search over a policy that reads one state vector per layer:
 
 Each sampled student inherits the teacher's weights, is distilled briefly and is scored on the validation split
 with R = C(2 − C)·A_s/A_t, C = 1 − P_s/P_t. The stages are joined by plain data: a ``LayerTable`` describes a
-model, a ``Candidate`` names one student, a ``Measurement`` is what training it produced, and an executor maps
-the (expensive, cached) measurement over candidates so that it can later run in parallel.
+model, a ``Candidate`` names one student, a ``Measurement`` is what training it produced, and the context's
+executor (:mod:`compressor.core.executors`) trains each round's new candidates, serially, in worker processes or
+on Ray, with identical measurements.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from compressor.errors import CompressorError
 
 if TYPE_CHECKING:
     from compressor.core.context import Context
+    from compressor.core.executors import Executor
 
 from compressor.n2n.layers import (
     PAPER_SCALES,
@@ -55,7 +57,7 @@ from compressor.n2n.layers import (
 )
 from compressor.n2n.policy import RemovalPolicy, ShrinkPolicy
 from compressor.n2n.reward import RewardFunction
-from compressor.n2n.students import Executor, SerialExecutor, StudentEvaluator
+from compressor.n2n.students import StudentEvaluator, train_student
 
 
 @dataclass
@@ -170,7 +172,8 @@ class N2NSearch:
     def __init__(self, parent: nn.Module, ctx: Context, config: N2NConfig, executor: Executor | None = None,
                  out_dir: str | Path | None = None):
         self.parent, self.ctx, self.config = parent.eval(), ctx, validate(config, "n2n")
-        self.executor = executor or SerialExecutor()
+        self.executor = executor or ctx.executor
+        self._shared = None  # the evaluator as handed to the executor, once per search
         self.out_dir = Path(out_dir if out_dir is not None else ctx.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.input_shape = tuple(ctx.input_shape)
@@ -194,7 +197,7 @@ class N2NSearch:
                                   kd_loss=config.kd_loss, ce_weight=config.ce_weight, tune_mode=False, bn=config.bn,
                                   precision=config.precision, augment=config.student_augment)
         self.evaluator = StudentEvaluator(parent, self.table, ctx.teacher, ctx.splits.finetune.subset(np.sort(subset)),
-                                          ctx.preprocess, ctx.validation_top1, self.input_shape, finetune, ctx.seed,
+                                          ctx.preprocess, ctx.splits.validation, self.input_shape, finetune, ctx.seed,
                                           config.fixed)
         self.reward = RewardFunction(
             ctx.validation_top1(parent), count_params(parent), count_macs(parent, self.input_shape),
@@ -245,8 +248,13 @@ class N2NSearch:
     # ------------------------------------------------------------------------------------------ search
 
     def _measure(self, candidates: list[Candidate]) -> list[Measurement]:
+        """Measure the round's new candidates as independent tasks; results are stored by candidate, so neither
+        the executor nor the order tasks finish in changes what the search sees."""
         todo = list({c.key(): c for c in candidates if c.key() not in self.measurements}.values())
-        for c, m in zip(todo, self.executor.map(self.evaluator, todo)):
+        if todo and self._shared is None:
+            self._shared = self.executor.put(self.evaluator.prepare())
+        names = [f"n2n student {c.key()[:120]}" for c in todo]
+        for c, m in zip(todo, self.executor.map(train_student, todo, self._shared, names) if todo else []):
             self.measurements[c.key()] = m
         self.evaluations += len(todo)
         return [self.measurements[c.key()] for c in candidates]

@@ -1,25 +1,21 @@
 """N2N students: each candidate is built from the parent, distilled briefly from the teacher and scored on the
-validation split (``StudentEvaluator``); an executor maps that over a round's candidates."""
+validation split (``StudentEvaluator``); an executor (:mod:`compressor.core.executors`) trains a round's
+candidates, in this process or in workers that receive the evaluator once and a candidate per task."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from compressor.core.data import Preprocess, Split
-from compressor.core.metrics import count_macs, count_params, predict
+from compressor.core.metrics import count_macs, count_params, predict, top1
 from compressor.core.train import FinetuneConfig, distill
 from compressor.errors import CompressorError
-
-if TYPE_CHECKING:
-    pass
-
 from compressor.n2n.layers import (
     Candidate,
     LayerTable,
@@ -37,19 +33,26 @@ class StudentEvaluator:
     """Builds, distils and scores one candidate: the unit of work an executor runs.
 
     The student trains on ``train`` by KD for ``finetune.steps`` steps, seeded from the candidate itself, so a
-    candidate measures the same wherever and whenever it runs; accuracy comes from ``score`` (the validation
-    split, never the test set).
+    candidate measures the same wherever and whenever it runs; accuracy is top-1 on ``validation`` (never the
+    test set). The evaluator is plain data, so an executor can hand it to worker processes once per search.
     """
 
     def __init__(self, parent: nn.Module, table: LayerTable, teacher: nn.Module, train: Split, preprocess: Preprocess,
-                 score: Callable[[nn.Module], float], input_shape: tuple[int, ...], finetune: FinetuneConfig,
+                 validation: Split, input_shape: tuple[int, ...], finetune: FinetuneConfig,
                  seed: int = 0, fixed: Sequence[str] = ()):
         self.fixed = tuple(fixed)
         self.parent, self.table, self.teacher, self.train, self.preprocess = parent, table, teacher, train, preprocess
-        self.score, self.input_shape, self.finetune, self.seed = score, input_shape, finetune, seed
-        self._teacher_logits: torch.Tensor | None = None  # computed on first use, when students do not augment
+        self.validation, self.input_shape, self.finetune, self.seed = validation, input_shape, finetune, seed
+        self.teacher_logits: np.ndarray | None = None  # set by prepare() when students do not augment
         with torch.no_grad():
             self._out_shape = tuple(parent.eval()(torch.zeros(2, *input_shape)).shape)
+
+    def prepare(self) -> StudentEvaluator:
+        """Compute what every student shares (the teacher's logits on the unaugmented subset) once, before the
+        evaluator is handed to workers."""
+        if not self.finetune.augment and self.teacher_logits is None:
+            self.teacher_logits = predict(self.teacher, self.train, self.preprocess)
+        return self
 
     def __call__(self, candidate: Candidate) -> Measurement:
         start = time.perf_counter()
@@ -62,26 +65,14 @@ class StudentEvaluator:
         except (RuntimeError, ValueError, CompressorError) as exc:
             return Measurement(False, seconds=time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}"[:300])
         params, macs = count_params(student), count_macs(student, self.input_shape)
-        if not self.finetune.augment and self._teacher_logits is None:
-            self._teacher_logits = torch.from_numpy(predict(self.teacher, self.train, self.preprocess))
+        cached = None if self.finetune.augment else torch.from_numpy(self.prepare().teacher_logits)
         losses = distill(student, self.teacher, self.train, self.preprocess, self.finetune,
-                         seed=stable_seed(self.seed, candidate.key()), progress=False,
-                         cached_logits=None if self.finetune.augment else self._teacher_logits)
+                         seed=stable_seed(self.seed, candidate.key()), progress=False, cached_logits=cached)
         note = "" if np.isfinite(losses).all() else "training diverged (non-finite loss); lower student_lr"
-        return Measurement(True, self.score(student), params, macs, time.perf_counter() - start, note)
+        accuracy = top1(predict(student, self.validation, self.preprocess), self.validation.labels)
+        return Measurement(True, accuracy, params, macs, time.perf_counter() - start, note)
 
 
-class Executor(Protocol):
-    """Maps the measurement over candidates; results come back in candidate order."""
-
-    def map(self, fn: Callable[[Candidate], Measurement], candidates: Sequence[Candidate]) -> list[Measurement]: ...
-
-
-class SerialExecutor:
-    """Runs candidates one after another in this process (the default)."""
-
-    def map(self, fn: Callable[[Candidate], Measurement], candidates: Sequence[Candidate]) -> list[Measurement]:
-        return [fn(c) for c in candidates]
-
-
-# ------------------------------------------------------------------------------------------------------ search
+def train_student(evaluator: StudentEvaluator, candidate: Candidate) -> Measurement:
+    """The executor task: one candidate measured by the (shared) evaluator."""
+    return evaluator(candidate)

@@ -1,4 +1,4 @@
-"""The YAML recipe: model, data, ordered passes, exports, bench settings, budgets and seed.
+"""The YAML recipe: model, data, ordered passes, exports, bench settings, budgets, seed and executor.
 
 Every section is a dataclass checked by :func:`compressor.core.config.from_dict`, so an unknown key, a value of
 the wrong type or out of range fails with its full key path (``passes[1].prune.step``) before any work starts.
@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from compressor.core.config import from_dict, param
+from compressor.core.executors import ExecutorConfig
 from compressor.errors import CompressorError
 
 EXPORTS = ("onnx", "onnx_int8", "openvino", "tensorrt")
@@ -93,6 +94,7 @@ class Recipe:
     bench: BenchSection = field(default_factory=BenchSection)
     budget: BudgetSection = field(default_factory=BudgetSection)
     seed: int = param(0, ge=0)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where candidates run; never changes results
 
     def check(self) -> str | None:
         if not self.targets or len(set(self.targets)) != len(self.targets):

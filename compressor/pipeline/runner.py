@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compressor.core.data import Preprocess, check_against_model, load_dataset, make_splits
+from compressor.core.executors import SerialExecutor, make_executor
 from compressor.core.files import copy_atomic, path_problem
 from compressor.core.metrics import agreement, count_macs, count_params, predict, top1
 from compressor.core.models import LoadedModel, load_user_model
@@ -108,6 +109,7 @@ class Pipeline:
         self.preprocess = Preprocess(tuple(recipe.model.mean), tuple(recipe.model.std))
         self.input_shape = tuple(recipe.model.input_shape)
         self.bench = BenchSettings(recipe.bench.warmup, recipe.bench.duration, 10, recipe.bench.threads)
+        self.executor = SerialExecutor()
 
     def _check(self) -> None:
         r = self.recipe
@@ -122,6 +124,10 @@ class Pipeline:
         if "openvino" in r.export or "openvino-cpu" in r.targets or any(
                 getattr(p.config, "target", None) == "openvino-cpu" for p in r.passes):
             openvino.import_openvino()  # likewise for OpenVINO
+        if r.executor.kind == "ray":
+            from compressor.core.ray_executor import _import_ray
+
+            _import_ray()  # likewise Ray
         if r.budget.min_speedup is not None and not r.bench.enabled:
             raise CompressorError("budget.min_speedup (--min-speedup) needs latency measurements: set bench.enabled: "
                                   "true or drop --no-bench")
@@ -144,6 +150,7 @@ class Pipeline:
 
     def _time(self, record: StageRecord, path: Path, targets: list[str]) -> None:
         """Per target: p50 at batch 1 and img/s at batch 64; the recipe's first target fills the gated columns."""
+        self.executor.release()  # no worker beside a timing
         by_target = bench_targets(path, targets, self.recipe.bench.batches, self.bench, self.recipe.openvino.precision)
         record.details["bench"] = by_target
         for t, stats in by_target.items():
@@ -220,6 +227,13 @@ class Pipeline:
         return None
 
     def run(self) -> Report:
+        self.executor = make_executor(self.recipe.executor)
+        try:
+            return self._run()
+        finally:
+            self.executor.close()
+
+    def _run(self) -> Report:
         t_start = time.perf_counter()
         r = self.recipe
         self._check()
@@ -252,7 +266,7 @@ class Pipeline:
 
         teacher = loaded.model
         ctx = Context(self.splits, teacher, self.preprocess, self.input_shape, self.out_dir, r.seed, self.progress,
-                      openvino_precision=r.openvino.precision)
+                      openvino_precision=r.openvino.precision, executor=self.executor)
         teacher_logits = ctx.teacher_logits("test")
         report = Report(recipe=to_dict(r), seed=r.seed, versions=versions())
 

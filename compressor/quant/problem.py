@@ -3,22 +3,29 @@ in the runtime of its target (ONNX Runtime for ort-cpu and tensorrt, OpenVINO fo
 
 Everything expensive is done once and reused: the float graph is pre-processed once, statistics are collected
 once per calibration size (``Calibrator``), layer sensitivity once per non-precision configuration, and each
-configuration is evaluated at most once (``evaluations`` counts real evaluations).
+configuration is evaluated at most once (``evaluations`` counts real evaluations). ``evaluate_many`` evaluates a
+search round's configurations as independent tasks of an executor (:mod:`compressor.core.executors`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import onnx
 
 from compressor.core.data import Preprocess, Split
+from compressor.core.executors import task_threads
 from compressor.core.metrics import top1
 from compressor.quant.calibrate import Calibrator
 from compressor.quant.qdq import prepare_float, quantize
 from compressor.quant.sensitivity import layer_sensitivity, most_sensitive
 from compressor.quant.space import QuantConfig, config_space
 from compressor.runtime.export import ort_predict, ort_session
+
+if TYPE_CHECKING:
+    from compressor.core.executors import Executor
 
 
 class QuantProblem:
@@ -66,14 +73,39 @@ class QuantProblem:
                                              precision=self.precision)
         return self.results[config]
 
+    def evaluate_many(self, configs: Sequence[QuantConfig], executor: Executor) -> list[float]:
+        """``evaluate`` for a round of configurations, the new ones run as tasks of ``executor``.
+
+        Statistics are collected here in the driver first, so every task (wherever it runs) derives its ranges
+        from the same tables; the problem is then handed to the workers once for the round.
+        """
+        todo = list(dict.fromkeys(c for c in configs if c not in self.results))
+        if todo:
+            for config in todo:
+                self.calibrator.table(config.calibration)
+            shared = executor.put(self)
+            names = [f"quantize candidate {c.key()}" for c in todo]
+            for config, acc in zip(todo, executor.map(_evaluate_task, todo, shared, names)):
+                self.results[config] = acc
+            self.evaluations += len(todo)
+        return [self.results[c] for c in configs]
+
+
+def _evaluate_task(problem: QuantProblem, config: QuantConfig) -> float:
+    """The executor task: validation top-1 of one configuration, with the task's thread budget."""
+    return top1_onnx(problem.build(config), problem.validation, problem.preprocess, target=problem.target,
+                     precision=problem.precision, threads=task_threads())
+
 
 def top1_onnx(model: onnx.ModelProto | str, split: Split, preprocess: Preprocess, batch: int = 250,
-              target: str = "ort-cpu", precision: str = "f32") -> float:
+              target: str = "ort-cpu", precision: str = "f32", threads: int = 0) -> float:
     """Top-1 (percent) of an ONNX model on ``split``, run by OpenVINO (with ``precision``) for the openvino-cpu
-    target and by ONNX Runtime otherwise (a TensorRT engine is built elsewhere, on a GPU)."""
+    target and by ONNX Runtime otherwise (a TensorRT engine is built elsewhere, on a GPU). ``threads``: 0 lets the
+    runtime choose."""
     if target == "openvino-cpu":
         from compressor.runtime import openvino
 
         src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-        return top1(openvino.predict(src, split.images, precision, batch=batch, preprocess=preprocess), split.labels)
-    return top1(ort_predict(ort_session(model), split, preprocess, batch), split.labels)
+        return top1(openvino.predict(src, split.images, precision, threads, batch=batch, preprocess=preprocess),
+                    split.labels)
+    return top1(ort_predict(ort_session(model, threads), split, preprocess, batch), split.labels)

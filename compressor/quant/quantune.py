@@ -46,6 +46,8 @@ STRATEGIES = ("xgboost", "random", "ga", "grid")
 class QuantizeConfig:
     """target: ort-cpu | openvino-cpu | tensorrt. strategy: xgboost | random | ga | grid. max_evals / max_seconds /
     max_accuracy_drop (points below FP32 validation top-1 that end the search early): the budget.
+    batch: configurations proposed per round and evaluated together (in parallel under a parallel executor)
+    between refits of the tuner; 1 is Quantune's one-at-a-time search. Independent of the executor's workers.
     baselines: also run these strategies with the same budget for the history plot.
     warm_start_db: measurement database for the XGBoost tuner ("" = the shipped one, "none" = no transfer).
     mixed_fraction: share of weighted layers kept in float by mixed precision (the most sensitive ones).
@@ -65,6 +67,7 @@ class QuantizeConfig:
     max_evals: int = param(12, ge=1)
     max_seconds: float | None = param(None, gt=0)
     max_accuracy_drop: float | None = param(None, ge=0)
+    batch: int = param(4, ge=1)
     baselines: tuple[str, ...] = param((), choices=STRATEGIES)
     warm_start_db: str = ""
     mixed_fraction: float = param(0.1, gt=0, lt=1)
@@ -114,9 +117,11 @@ class Quantune:
         budget = Budget(c.max_evals, c.max_seconds, target_acc)
         space = problem.space()
         results = [
-            search(self._strategy(s, descriptors, fp32_val), space, problem.evaluate, budget, ctx.seed)
+            search(self._strategy(s, descriptors, fp32_val), space, problem.evaluate, budget, ctx.seed, batch=c.batch,
+                   evaluate_many=lambda configs: problem.evaluate_many(configs, ctx.executor))
             for s in (c.strategy, *[b for b in c.baselines if b != c.strategy])
         ]
+        ctx.executor.release()  # the candidates are timed below, with no worker beside them
         pool = latency_pool(problem.results, c.target, c.accuracy_tolerance, c.latency_candidates)
         models = {f"int8:{cfg.key()}": problem.build(cfg) for cfg in pool}
         images = ctx.preprocess(ctx.splits.validation.images[: c.latency_batch]).numpy()

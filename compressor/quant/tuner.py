@@ -7,8 +7,12 @@ what has been measured on this model so far predicts every unexplored configurat
 measured, added, and the regressor refit. The label here is the accuracy change against the model's own FP32
 validation top-1, so measurements of models with different base accuracy share one scale.
 
-Every strategy proposes one unexplored configuration at a time; ``search`` owns the loop and the three stopping
-rules (evaluation budget, time budget, accuracy target), so all strategies are compared under the same budget.
+Every strategy proposes unexplored configurations in rounds of ``batch``; ``search`` owns the loop and the three
+stopping rules (evaluation budget, time budget, accuracy target), so all strategies are compared under the same
+budget. A round's configurations are evaluated together (in parallel under a parallel executor) and the XGBoost
+model is refit between rounds, as AutoTVM's XGBTuner measures a planned batch between refits (Chen et al.,
+"Learning to Optimize Tensor Programs", NeurIPS 2018). ``batch`` 1 is Quantune's one-at-a-time loop. The batch is a
+setting of the search, never the number of workers, so the trajectory does not depend on where it runs.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -123,6 +127,19 @@ class Strategy(Protocol):
     def propose(self, measured: dict[QuantConfig, float], unexplored: list[QuantConfig], rng: random.Random) -> QuantConfig: ...
 
 
+def propose_batch(strategy: Strategy, measured: dict[QuantConfig, float], unexplored: list[QuantConfig],
+                  rng: random.Random, k: int) -> list[QuantConfig]:
+    """``k`` distinct unexplored configurations for one round: the strategy's own ``propose_batch`` when it has
+    one (the XGBoost tuner ranks every configuration once), else ``propose`` repeated on what is left."""
+    if hasattr(strategy, "propose_batch"):
+        return strategy.propose_batch(measured, unexplored, rng, k)
+    left, out = list(unexplored), []
+    for _ in range(min(k, len(left))):
+        out.append(strategy.propose(measured, left, rng))
+        left.remove(out[-1])
+    return out
+
+
 class RandomSearch:
     name = "random"
 
@@ -168,35 +185,72 @@ class GeneticSearch:
 
 class XGBoostTuner:
     """Quantune's transfer + online tuner: refit on (database of other models + this model so far), measure the
-    top-predicted unexplored configuration."""
+    top-predicted unexplored configuration (``propose``; ties broken by the search's seeded RNG). A round of
+    ``k`` > 1 between refits (``propose_batch``) is planned as AutoTVM's XGBTuner plans one with its diversity
+    filter: the ``diversity × k`` top-predicted configurations, of which the ``k`` that differ most from each
+    other (:func:`diverse_pick`); plain top-k would spend a round on near-duplicates the model cannot tell apart
+    (calibration sizes that cap to the same images, say)."""
 
     name = "xgboost"
 
-    def __init__(self, descriptors: dict[str, float], fp32_top1: float, db: list[Record] = (), model_name: str = ""):
-        self.descriptors, self.fp32 = descriptors, fp32_top1
+    def __init__(self, descriptors: dict[str, float], fp32_top1: float, db: list[Record] = (), model_name: str = "",
+                 diversity: int = 2):
+        self.descriptors, self.fp32, self.diversity = descriptors, fp32_top1, diversity
         # Leave the current model out of the transfer data: same name, or same architecture (descriptors).
         self.db = [r for r in db if r.model != model_name and r.descriptors != descriptors]
 
     def propose(self, measured, unexplored, rng):
+        return self.propose_batch(measured, unexplored, rng, 1)[0]
+
+    def propose_batch(self, measured, unexplored, rng, k):
         import xgboost as xgb
 
         x = [features(r.config, r.descriptors) for r in self.db] + [features(c, self.descriptors) for c in measured]
         y = [r.delta for r in self.db] + [v - self.fp32 for v in measured.values()]
+        left = list(range(len(unexplored)))
         if len(x) < 2:
-            return rng.choice(unexplored)
+            picks = []
+            for _ in range(min(k, len(left))):
+                picks.append(left.pop(rng.randrange(len(left))))
+            return [unexplored[i] for i in picks]
         booster = xgb.train({**XGB_PARAMS, "seed": rng.randrange(2**31)}, xgb.DMatrix(np.asarray(x), label=np.asarray(y)),
                             num_boost_round=XGB_ROUNDS)
         pred = booster.predict(xgb.DMatrix(np.asarray([features(c, self.descriptors) for c in unexplored])))
-        best = np.flatnonzero(pred >= pred.max() - 1e-9)
-        return unexplored[int(best[rng.randrange(len(best))])]
+        ranked = []  # the best predictions in order, near-ties broken by the seeded RNG
+        for _ in range(min(1 if k == 1 else self.diversity * k, len(left))):
+            p = pred[left]
+            best = np.flatnonzero(p >= p.max() - 1e-9)
+            ranked.append(unexplored[left.pop(int(best[rng.randrange(len(best))]))])
+        return diverse_pick(ranked, k)
+
+
+def diverse_pick(ranked: list[QuantConfig], k: int) -> list[QuantConfig]:
+    """AutoTVM's submodular pick (``submodular_pick`` with zero scores): from configurations ranked by predicted
+    accuracy, take the best, then each time the one that adds the most knob values not yet in the batch, the
+    better-ranked one on ties."""
+    out, covered = [], {knob: set() for knob in KNOBS}
+    left = list(ranked)
+    for _ in range(min(k, len(left))):
+        gain = [sum(getattr(c, knob) not in seen for knob, seen in covered.items()) for c in left]
+        pick = left.pop(int(np.argmax(gain)))
+        out.append(pick)
+        for knob, seen in covered.items():
+            seen.add(getattr(pick, knob))
+    return out
 
 
 def search(
     strategy: Strategy, space: list[QuantConfig], evaluate: Callable[[QuantConfig], float], budget: Budget,
-    seed: int = 0, clock: Callable[[], float] = time.perf_counter,
+    seed: int = 0, clock: Callable[[], float] = time.perf_counter, batch: int = 1,
+    evaluate_many: Callable[[Sequence[QuantConfig]], list[float]] | None = None,
 ) -> SearchResult:
-    """Measure one proposed configuration at a time until a budget or the accuracy target stops the search."""
+    """Measure rounds of ``batch`` proposed configurations until a budget or the accuracy target stops the search.
+
+    ``evaluate_many`` (default: ``evaluate`` on each) measures a round's configurations together and returns
+    their accuracies in order; the budgets are checked between rounds and a round never exceeds ``max_evals``.
+    """
     rng = random.Random(f"{strategy.name}:{seed}")  # own stream per strategy, so the GA's start differs
+    measure = evaluate_many or (lambda configs: [evaluate(c) for c in configs])
     measured: dict[QuantConfig, float] = {}
     result = SearchResult(strategy.name)
     start = clock()
@@ -212,11 +266,13 @@ def search(
         if budget.max_seconds is not None and clock() - start >= budget.max_seconds:
             result.stop = "time budget"
             break
-        config = strategy.propose(measured, unexplored, rng)
-        acc = evaluate(config)
-        measured[config] = acc
-        best = max(best, acc)
-        result.steps.append(Step(config, acc, best, clock() - start))
+        configs = propose_batch(strategy, measured, unexplored, rng, min(batch, budget.max_evals - len(measured)))
+        accuracies = measure(configs)
+        seconds = clock() - start
+        for config, acc in zip(configs, accuracies):
+            measured[config] = acc
+            best = max(best, acc)
+            result.steps.append(Step(config, acc, best, seconds))
         if budget.target_accuracy is not None and best >= budget.target_accuracy:
             result.stop = "accuracy target"
             break
