@@ -2,8 +2,10 @@
 
 Reads the ``grid_<model>.json`` files that ``benchmarks/quant_search.py measure`` wrote (every configuration of the
 ort-cpu space measured as an INT8 QDQ model in ONNX Runtime on the validation split of the real CIFAR-10 JPEG
-data, with the shared teachers) and writes ``compressor/quant/quantune_db.json``. The tuner leaves the current
-model out when it trains on this file.
+data, with the shared teachers and any students measured beside them) and writes
+``compressor/quant/quantune_db.json``. The tuner leaves the current model out when it trains on this file.
+Unfinished grids are skipped. Records carry every knob of the space; the tuner reads records written before the
+toolbox knobs existed as measurements with those knobs off, which is what they were.
 
     python benchmarks/build_quantune_db.py [--grids out/quant_bench]
 """
@@ -23,11 +25,14 @@ def build(grid_dir: Path, out: Path = DEFAULT_DB) -> dict:
     models = []
     for path in sorted(grid_dir.glob("grid_*.json")):
         g = json.loads(path.read_text())
+        if g.get("complete") is False:
+            print(f"skipping {path}: the grid is unfinished ({len(g['results'])} configurations)")
+            continue
         results = [{"config": QuantConfig(**r["config"]).as_dict(), "val_top1": r["val_top1"]} for r in g["results"]]
         models.append({
             "model": g["model"], "descriptors": g["descriptors"], "fp32_val_top1": g["fp32_val_top1"],
             "validation_images": g["validation_images"], "calibration_images": g["calibration_images"],
-            "results": results,
+            "restrict": g.get("restrict", {}), "results": results,
         })
     if len(models) < 2:
         raise SystemExit(f"need grids of at least two models in {grid_dir}, found {len(models)}")

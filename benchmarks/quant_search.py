@@ -1,16 +1,22 @@
 """Quantune-style PTQ search benchmark on the shared CIFAR-10 teachers.
 
-Phase ``measure`` (real measurements, slow): for each model, evaluate every configuration of the ort-cpu space on
-the validation split (the ground-truth grid), then report the best configuration's test top-1 against FP32 and
-ONNX Runtime's ``quantize_static`` defaults, and ORT-CPU latency (batch 1) and throughput (batch 64) of INT8 vs
-FP32, each model timed in its own process as the pass does. Writes ``<out>/grid_<model>.json``.
+Phase ``measure`` (real measurements, slow): for each model, evaluate every configuration of the ort-cpu space
+(the toolbox knobs included; ``--knob adaround=false`` narrows it) on the validation split (the ground-truth grid),
+then report the best configuration's test top-1 against FP32 and ONNX Runtime's ``quantize_static`` defaults, and
+ORT-CPU latency (batch 1) and throughput (batch 64) of INT8 vs FP32, each model timed in its own process as the
+pass does (``--no-latency`` skips the timing). Writes ``<out>/grid_<label>.json`` every 20 configurations; a rerun
+continues an unfinished grid. A model is a zoo teacher name or ``label=path`` to a pipeline stage file
+(``<out>/stages/NN_pass.pt`` of ``compressor compress``: a pruned or N2N student).
 
-Phase ``search`` (cheap): replays the XGBoost tuner, random search and the GA against the measured grid (an
-evaluation is deterministic, so looking it up gives the same accuracy as re-measuring it; its cost is the measured
-seconds) and reports evaluations and wall time to come within 0.1 point of the grid's best, mean over seeds.
+Phase ``search`` (cheap): replays the XGBoost tuner (warm-started from the other grids, and cold), random search
+and the GA against the measured grids (an evaluation is deterministic, so looking it up gives the same accuracy as
+re-measuring it; its cost is the measured seconds, plus a weight key's AdaRound / bias-correction time the first
+time a search needs it). It prints each grid's spread first (best, median, share within 0.1 point), then the
+evaluations and wall time to come within 0.1 point of the grid's best, over seeds.
 
     python benchmarks/quant_search.py measure --models cifar_resnet20 cifar_resnet56 cifar_mobilenetv2
-    python benchmarks/quant_search.py search
+    python benchmarks/quant_search.py measure --models r56_pruned=out/r56_prune/stages/02_fold_bn.pt
+    python benchmarks/quant_search.py search --seeds 20
     python benchmarks/quant_search.py latency --models cifar_resnet20 cifar_resnet56
 
 Phase ``latency``: op types ORT runs and latency of FP32, ORT ``quantize_static`` defaults and our emission (a
@@ -23,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -36,11 +41,14 @@ import torch
 from onnxruntime import quantization as ortq
 
 from compressor.core.data import Preprocess, load_dataset, make_splits
+from compressor.core.files import write_atomic
+from compressor.core.serialize import load_model
 from compressor.core.zoo import ZOO
 from compressor.quant import qdq as qdq_module
-from compressor.quant.problem import QuantProblem, top1_onnx
+from compressor.quant.adaround import AdaRoundSettings
+from compressor.quant.problem import QuantProblem, key_name, top1_onnx, weight_key
 from compressor.quant.selection import candidates
-from compressor.quant.space import QuantConfig
+from compressor.quant.space import KNOBS, QuantConfig
 from compressor.quant.tuner import (
     Budget,
     GeneticSearch,
@@ -65,6 +73,24 @@ def load_teacher(name: str) -> torch.nn.Module:
     model = ZOO[name]()
     model.load_state_dict(torch.load(DATA / "teachers" / TEACHERS[name], weights_only=True))
     return model.eval()
+
+
+def load_spec(spec: str) -> tuple[str, torch.nn.Module]:
+    """``name`` (a shared teacher) or ``label=path`` (a model file written by the pipeline)."""
+    if "=" in spec:
+        label, path = spec.split("=", 1)
+        return label, load_model(path)[0].eval()
+    return spec, load_teacher(spec)
+
+
+def parse_knobs(items: list[str]) -> dict[str, tuple]:
+    """``--knob adaround=false --knob clipping=max,mse`` → a restriction of the space."""
+    out = {}
+    for item in items:
+        knob, values = item.split("=", 1)
+        allowed = {str(v).lower(): v for v in KNOBS[knob]}
+        out[knob] = tuple(allowed[v.lower()] for v in values.split(","))
+    return out
 
 
 def ort_default(float_path: Path, calibration, preprocess: Preprocess, out: Path) -> Path:
@@ -103,36 +129,67 @@ def measure(args: argparse.Namespace) -> None:
     splits = make_splits(ds, args.seed, validation=args.validation, calibration=args.calibration)
     pp = Preprocess()
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in args.models:
+    restrict = parse_knobs(args.knob)
+    for spec in args.models:
         t0 = time.time()
-        teacher = load_teacher(name)
+        name, teacher = load_spec(spec)
         work = Path(tempfile.mkdtemp(prefix=f"qbench-{name}-"))
         fp32_path = export_onnx(teacher, work / "fp32.onnx", (3, 32, 32))
-        problem = QuantProblem(onnx.load(fp32_path), splits.calibration, splits.validation, pp)
+        problem = QuantProblem(onnx.load(fp32_path), splits.calibration, splits.validation, pp, restrict=restrict,
+                               adaround=AdaRoundSettings(iterations=args.adaround_iterations),
+                               weight_images=args.weight_images, seed=args.seed)
         fp32_val = top1_onnx(problem.float_model, splits.validation, pp)
+        out = args.out / f"grid_{name}.json"
         record = {
             "model": name, "descriptors": model_descriptors(teacher, problem.float_model), "fp32_val_top1": fp32_val,
-            "validation_images": len(splits.validation), "calibration_images": len(splits.calibration), "results": [],
+            "validation_images": len(splits.validation), "calibration_images": len(splits.calibration),
+            "restrict": {k: list(v) for k, v in restrict.items()}, "adaround_iterations": args.adaround_iterations,
+            "weight_images": args.weight_images, "results": [], "weight_seconds": {}, "complete": False,
         }
+        if out.exists():  # continue an unfinished grid measured with the same settings
+            old = json.loads(out.read_text())
+            if all(old.get(k) == record[k] for k in ("validation_images", "calibration_images", "restrict",
+                                                     "adaround_iterations", "weight_images")):
+                record.update(results=old["results"], weight_seconds=old.get("weight_seconds", {}))
+        done = {QuantConfig(**r["config"]) for r in record["results"]}
         space = problem.space()
-        print(f"[{name}] fp32 val {fp32_val:.2f}; grid of {len(space)} configurations", flush=True)
+        print(f"[{name}] fp32 val {fp32_val:.2f}; grid of {len(space)} configurations, {len(done)} measured before",
+              flush=True)
         for i, config in enumerate(space):
+            if config in done:
+                continue
+            tables = set(problem.weight_summaries())
             t = time.perf_counter()
             acc = problem.evaluate(config)
             dt = time.perf_counter() - t
-            record["results"].append({"config": config.as_dict(), "val_top1": acc, "seconds": round(dt, 3)})
-            print(f"  {i + 1:3d}/{len(space)} {config.key():55s} val {acc:6.2f}  {dt:5.1f}s", flush=True)
-        record["calibration_runs"] = problem.calibrator.runs
+            for key, summary in problem.weight_summaries().items():  # a weight key's one-off cost, kept apart
+                if key not in tables:
+                    record["weight_seconds"][key] = summary["seconds"]
+                    dt -= summary["seconds"]
+            row = {"config": config.as_dict(), "val_top1": acc, "val_agreement": problem.agreement[config],
+                   "seconds": round(dt, 3)}
+            if args.test_all:  # for studying how well validation picks (not part of a search's cost)
+                row["test_top1"] = top1_onnx(problem.build(config), splits.test, pp)
+            record["results"].append(row)
+            print(f"  {i + 1:4d}/{len(space)} {config.key():60s} val {acc:6.2f}  {dt:5.1f}s", flush=True)
+            if len(record["results"]) % 20 == 0:
+                write_atomic(out, json.dumps(record, indent=1))
+        record["calibration_runs"] = problem.calibration_runs
+        results = {QuantConfig(**r["config"]): r["val_top1"] for r in record["results"]}
         # The most accurate configuration, and the fastest of those within 0.1 point of it (what the pass deploys).
-        pool = candidates(problem.results, 0.1, 3)
+        pool = candidates(results, 0.1, 3)
         paths = {}
         for cfg in pool:
             paths[f"int8:{cfg.key()}"] = str(work / f"{cfg.key()}.onnx")
             onnx.save(problem.build(cfg), paths[f"int8:{cfg.key()}"])
         paths["ort_default"] = str(ort_default(work / "fp32.onnx", splits.calibration, pp, work / "ort_default.onnx"))
-        images = pp(splits.validation.images[:64]).numpy()
-        lat = measure_isolated({"fp32": problem.float_model, **paths}, images)
-        selected = max(pool, key=lambda c: lat[f"int8:{c.key()}"].throughput)
+        if args.no_latency:
+            selected = pool[0]
+        else:
+            images = pp(splits.validation.images[:64]).numpy()
+            lat = measure_isolated({"fp32": problem.float_model, **paths}, images)
+            selected = max(pool, key=lambda c: lat[f"int8:{c.key()}"].throughput)
+            record["latency"] = {k: v.as_dict() for k, v in lat.items()}
         record["best_config"] = pool[0].as_dict()
         record["selected_config"] = selected.as_dict()
         record["test_top1"] = {
@@ -141,20 +198,17 @@ def measure(args: argparse.Namespace) -> None:
             "int8_selected": top1_onnx(paths[f"int8:{selected.key()}"], splits.test, pp),
             "ort_quantize_static_default": top1_onnx(paths["ort_default"], splits.test, pp),
         }
-        record["latency"] = {k: v.as_dict() for k, v in lat.items()}
         record["op_types"] = {
             k: optimized_op_types(m) for k, m in
             {"fp32": problem.float_model, "int8_selected": paths[f"int8:{selected.key()}"],
              "ort_default": paths["ort_default"]}.items()
         }
+        record["complete"] = True
         record["wall_seconds"] = round(time.time() - t0, 1)
-        out = args.out / f"grid_{name}.json"
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, out)
-        print(json.dumps({k: record[k] for k in ("model", "best_config", "selected_config", "test_top1", "latency",
-                                                  "op_types", "calibration_runs", "wall_seconds")}, indent=1),
-              flush=True)
+        write_atomic(out, json.dumps(record, indent=1))
+        print(json.dumps({k: record.get(k) for k in ("model", "best_config", "selected_config", "test_top1",
+                                                      "latency", "op_types", "calibration_runs", "wall_seconds")},
+                         indent=1), flush=True)
 
 
 class SimClock:
@@ -223,6 +277,35 @@ def make_strategy(label: str, grid: dict, name: str, db: list[Record]):
     return RandomSearch() if label == "random" else GeneticSearch()
 
 
+def spread(values: list[float]) -> dict:
+    """How much the configuration matters: best, median and worst validation top-1 and how many lie near the best."""
+    best = max(values)
+    return {"best": best, "median": float(np.median(values)), "worst": min(values),
+            "best_minus_median": round(best - float(np.median(values)), 3),
+            "within_0.1": int(sum(v >= best - 0.1 for v in values)), "configs": len(values)}
+
+
+def selection_study(grids: dict, summary: dict) -> None:
+    """For grids measured with ``--test-all``: the test top-1 of the configuration a rule picks on validation
+    (highest top-1, highest agreement with FP32) against the grid's median and best on test."""
+    rows = {name: g for name, g in grids.items() if all("test_top1" in r for r in g["results"])}
+    if not rows:
+        return
+    print("\n## What validation picks, scored on test\n\n| model | FP32 test | best val top-1 → test | best val "
+          "agreement → test | median test | best test |\n|---|---|---|---|---|---|")
+    for name, g in rows.items():
+        res = sorted(g["results"], key=lambda r: QuantConfig(**r["config"]))  # ties go to the space's order
+        by_top1 = max(res, key=lambda r: r["val_top1"])
+        by_agree = max(res, key=lambda r: (r["val_agreement"], r["val_top1"]))
+        tests = [r["test_top1"] for r in res]
+        fp32 = g.get("test_top1", {}).get("fp32")
+        summary[name]["selection"] = {"fp32_test": fp32, "by_val_top1": by_top1["test_top1"],
+                                      "by_val_agreement": by_agree["test_top1"], "median_test": float(np.median(tests)),
+                                      "best_test": max(tests)}
+        print(f"| {name} | {fp32 if fp32 is not None else '–'} | {by_top1['test_top1']:.2f} | "
+              f"{by_agree['test_top1']:.2f} | {np.median(tests):.2f} | {max(tests):.2f} |")
+
+
 def replay(args: argparse.Namespace) -> None:
     grids = {p.stem[5:]: json.loads(p.read_text()) for p in sorted(args.out.glob("grid_*.json"))}
     db = [
@@ -230,8 +313,18 @@ def replay(args: argparse.Namespace) -> None:
         for g in grids.values() for r in g["results"]
     ]
     summary = {}
+    print("## Spread of each grid (validation top-1)\n\n| model | FP32 | best | median | worst | best − median |"
+          " within 0.1 of best |\n|---|---|---|---|---|---|---|")
+    for name, g in grids.items():
+        sp = spread([r["val_top1"] for r in g["results"]])
+        summary[name] = {"spread": sp}
+        print(f"| {name} | {g['fp32_val_top1']:.2f} | {sp['best']:.2f} | {sp['median']:.2f} | {sp['worst']:.2f} | "
+              f"{sp['best_minus_median']:.2f}{' (flat: < 1 pt)' if sp['best_minus_median'] < 1 else ''} | "
+              f"{sp['within_0.1']} of {sp['configs']} |")
+    selection_study(grids, summary)
     for name, g in grids.items():
         table = {QuantConfig(**r["config"]): (r["val_top1"], r["seconds"]) for r in g["results"]}
+        key_seconds = g.get("weight_seconds", {})
         space = list(table)
         best = max(v[0] for v in table.values())
         rows = {}
@@ -240,8 +333,13 @@ def replay(args: argparse.Namespace) -> None:
             for seed in range(args.seeds):
                 clock = SimClock()
                 base = time.process_time()
+                computed: set[str] = set()
 
-                def evaluate(c, clock=clock, table=table):
+                def evaluate(c, clock=clock, table=table, computed=computed, key_seconds=key_seconds):
+                    key = key_name(weight_key(c))
+                    if (c.adaround or c.bias_correction) and key not in computed:
+                        computed.add(key)
+                        clock.t += key_seconds.get(key, 0.0)
                     clock.t += table[c][1]
                     return table[c][0]
 
@@ -249,16 +347,22 @@ def replay(args: argparse.Namespace) -> None:
                              seed, clock=lambda clock=clock, base=base: clock() - base)
                 evals.append(len(res.steps))
                 secs.append(res.steps[-1].seconds)
-            rows[label] = {"evals_mean": float(np.mean(evals)), "evals": evals, "seconds_mean": float(np.mean(secs))}
-        grid_secs = sum(v[1] for v in table.values())
-        rows["grid (exhaustive)"] = {"evals_mean": float(len(space)), "seconds_mean": grid_secs}
-        summary[name] = {"grid_best_val": best, "space": len(space), "strategies": rows}
+            rows[label] = {"evals_median": float(np.median(evals)), "evals_mean": float(np.mean(evals)),
+                           "evals": evals, "seconds_median": float(np.median(secs))}
+        grid_secs = sum(v[1] for v in table.values()) + sum(key_seconds.values())
+        rows["grid (exhaustive)"] = {"evals_median": float(len(space)), "evals_mean": float(len(space)),
+                                     "seconds_median": grid_secs}
+        summary[name].update(grid_best_val=best, space=len(space), strategies=rows)
         print(f"\n## {name}: grid best val {best:.2f} over {len(space)} configs (target >= {best - 0.1:.2f})")
-        print(f"| strategy | evals to target (mean of {args.seeds} seeds) | per seed | wall s (mean) |")
+        print(f"| strategy | evals to target, median (mean) of {args.seeds} seeds | per seed | wall s (median) |")
         print("|---|---|---|---|")
         for k, v in rows.items():
-            print(f"| {k} | {v['evals_mean']:.1f} | {v.get('evals', '-')} | {v['seconds_mean']:.1f} |")
-    (args.out / "search_summary.json").write_text(json.dumps(summary, indent=1))
+            print(f"| {k} | {v['evals_median']:.1f} ({v['evals_mean']:.1f}) | {v.get('evals', '-')} | "
+                  f"{v['seconds_median']:.1f} |")
+        warm, rnd = rows["xgboost (transfer)"]["evals_median"], rows["random"]["evals_median"]
+        print(f"\nwarm XGBoost / random = {warm / rnd:.2f} (goal ≤ 0.5); warm XGBoost / grid = "
+              f"{warm / len(space):.3f} (goal ≤ 0.1)")
+    write_atomic(args.out / "search_summary.json", json.dumps(summary, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -269,7 +373,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--validation", type=int, default=1000)
     ap.add_argument("--calibration", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--knob", action="append", default=[], help="measure: restrict a knob, e.g. adaround=false")
+    ap.add_argument("--adaround-iterations", type=int, default=AdaRoundSettings.iterations)
+    ap.add_argument("--weight-images", type=int, default=256)
+    ap.add_argument("--no-latency", action="store_true", help="measure: skip the timing (accuracy only)")
+    ap.add_argument("--test-all", action="store_true", help="measure: also score every configuration on test")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--harness", choices=["isolated", "interleaved"], default="isolated",
                     help="latency: one process per measurement (the pass's) or every session in this process")

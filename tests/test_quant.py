@@ -277,7 +277,8 @@ def test_mixed_precision_keeps_measured_sensitive_layers_in_float(problem):
 
 def _synthetic_accuracy(config: QuantConfig) -> float:
     """A deterministic landscape with structure the regressor can learn."""
-    score = 90.0 + {"max": 0.0, "entropy": 0.6, "percentile": 0.4}[config.clipping]
+    score = 90.0 + {"max": 0.0, "entropy": 0.6, "percentile": 0.4, "mse": 0.5}[config.clipping]
+    score += 0.3 * config.cle + 0.2 * config.bias_correction + 0.4 * config.adaround
     score += {"asymmetric": 0.3, "symmetric": -1.0, "symmetric_uint8": 0.2, "power_of_two": -0.5}[config.scheme]
     score += 0.5 * (config.granularity == "per_channel") + 0.2 * (config.precision == "mixed")
     return score - 3.0 * (config.calibration == 1)
@@ -414,14 +415,19 @@ def test_quantize_pass_reports_and_falls_back_when_int8_is_slower(splits, teache
     small = dataclasses.replace(splits, calibration=splits.calibration.subset(np.arange(100)),
                                 validation=splits.validation.subset(np.arange(200)))
     ctx = Context(small, teacher, Preprocess(), (3, 32, 32), tmp_path, seed=0)
-    cfg = Quantize.Config(max_evals=2, baselines=("random",), warm_start_db="none")
+    cfg = Quantize.Config(max_evals=2, baselines=("random",), warm_start_db="none", adaround=False,
+                          keep_float=("linear",))
     result = Quantize(cfg).run(teacher, ctx)
     d = result.metrics
+    assert "linear" in d["float_layers"] and d["float_layers"][0] == "linear"
     assert result.artifact.path.exists() and result.plots["search"].exists()
     assert result.artifact.precision == "int8" and result.artifact.deploy is False
     assert d["int8_faster"] is False and d["deploy"] == "fp32" and "not faster" in d["speed_note"]
     assert d["val_top1"] >= d["fp32_val_top1"] - 3.0
-    assert d["calibration_runs"] <= 2 and [s["strategy"] for s in d["search"]] == ["xgboost", "random"]
+    assert [s["strategy"] for s in d["search"]] == ["xgboost", "random"]
+    # Statistics once per (graph, calibration size): the plain or equalized graph, 1 or 100 images.
+    keys = [step["config"] for s in d["search"] for step in s["steps"]]
+    assert d["calibration_runs"] == len({(k.split("-")[0], "-cle-" in k) for k in keys})
     assert result.model is teacher
 
 
@@ -438,7 +444,9 @@ def test_quantize_pass_deploys_a_faster_int8_candidate(splits, teacher, tmp_path
     small = dataclasses.replace(splits, calibration=splits.calibration.subset(np.arange(100)),
                                 validation=splits.validation.subset(np.arange(200)))
     ctx = Context(small, teacher, Preprocess(), (3, 32, 32), tmp_path, seed=1)
-    result = Quantize(Quantize.Config(max_evals=4, strategy="grid", speed_accuracy_budget=100.0)).run(teacher, ctx)
+    cfg = Quantize.Config(max_evals=4, strategy="grid", speed_accuracy_budget=100.0, cle=False, adaround=False,
+                          bias_correction=False)
+    result = Quantize(cfg).run(teacher, ctx)
     d = result.metrics
     assert result.artifact.deploy is True
     assert d["int8_faster"] is True and d["deploy"] == "int8" and d["throughput_speedup"] == 2.0

@@ -22,7 +22,7 @@ _MISSING = dataclasses.MISSING
 
 def param(default: Any = _MISSING, *, default_factory: Any = _MISSING, ge: float | None = None,
           gt: float | None = None, le: float | None = None, lt: float | None = None,
-          choices: tuple[str, ...] | None = None) -> Any:
+          choices: tuple[str | bool, ...] | None = None) -> Any:
     """A dataclass field with its allowed values: numeric bounds (applied to every item of a list) or choices."""
     meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": tuple(choices) if choices else None}
     if default_factory is not _MISSING:
@@ -34,7 +34,7 @@ def allowed(f: dataclasses.Field) -> str:
     """The allowed values of a field in words: ``lrp | l1``, ``≥ 1``, ``(0, 1)``; empty when unconstrained."""
     m = f.metadata
     if m.get("choices"):
-        return " | ".join(m["choices"])
+        return " | ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in m["choices"])
     lo = f"> {m['gt']:g}" if m.get("gt") is not None else f"≥ {m['ge']:g}" if m.get("ge") is not None else ""
     hi = f"< {m['lt']:g}" if m.get("lt") is not None else f"≤ {m['le']:g}" if m.get("le") is not None else ""
     return ", ".join(s for s in (lo, hi) if s)

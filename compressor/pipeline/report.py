@@ -131,6 +131,16 @@ def render_markdown(report: Report) -> str:
             f"{_fmt(s.onnx_size_mb, '.3f')} | " + " | ".join(cells) + f" | {s.seconds:.1f} |"
         )
     lines += ["", f"Deployed artifact: `{report.deployed}`", ""]
+    for s in report.stages:  # the quantize pass's float layers: keep_float, mixed precision, the accuracy goal
+        if s.details.get("float_layers"):
+            lines.append(f"Layers {s.stage} kept in float: {', '.join(f'`{n}`' for n in s.details['float_layers'])}")
+        goal = s.details.get("accuracy_goal")
+        if goal:
+            end = (goal["val_top1_per_step"] or [goal["start_val_top1"]])[-1]
+            lines.append(f"Accuracy goal of {s.stage} (validation top-1 ≥ {goal['goal_val_top1']:.2f}): "
+                         f"{'met' if goal['met'] else 'NOT met'} after {len(goal['layers'])} layer(s) back to float"
+                         f" ({goal['start_val_top1']:.2f} → {end:.2f})")
+    lines.append("")
     if report.gate:
         lines += ["## Gate", "", "| limit | required | actual | result |", "|---|---|---|---|"]
         for g in report.gate:

@@ -350,3 +350,17 @@ def power_of_two_scales(model: onnx.ModelProto) -> None:
         new[bdq.input[1]] = sb
     for name, value in new.items():
         inits[name].CopyFrom(numpy_helper.from_array(value.astype(arr[name].dtype), name))
+
+
+def set_initializer(model: onnx.ModelProto, node: onnx.NodeProto, index: int, value: np.ndarray, suffix: str) -> None:
+    """Give ``node``'s ``index``-th input (an initializer) the value ``value``. An initializer other nodes also
+    read is left alone and the node gets its own copy, named ``<node>_<index>_<suffix>``."""
+    name = node.input[index]
+    readers = sum(name in n.input for n in model.graph.node)
+    if readers > 1:
+        new = f"{node.name}_{index}_{suffix}"
+        model.graph.initializer.append(numpy_helper.from_array(value, new))
+        node.input[index] = new
+        return
+    init = next(i for i in model.graph.initializer if i.name == name)
+    init.CopyFrom(numpy_helper.from_array(value, name))

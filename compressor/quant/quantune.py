@@ -2,9 +2,11 @@
 
 The float model is exported to ONNX; a search strategy (XGBoost tuner by default, warm-started from the shipped
 measurement database) measures configurations of :mod:`compressor.quant.space` as INT8 QDQ models on the
-validation split, run in the target's runtime (OpenVINO for openvino-cpu, ONNX Runtime otherwise). The most
+validation split, run in the target's runtime (OpenVINO for openvino-cpu, ONNX Runtime otherwise). The space
+includes the CNN PTQ toolbox as knobs (cross-layer equalization, bias correction, AdaRound, MSE ranges). The most
 accurate candidates are timed against FP32 on the target's CPU runtime (:mod:`compressor.runtime.latency`) and
-:mod:`compressor.quant.selection` picks the one to write.
+:mod:`compressor.quant.selection` picks the one to write. With an accuracy goal that no configuration meets,
+:mod:`compressor.quant.fallback` sends layers back to float.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from torch import nn
 from compressor.core.config import param, validate
 from compressor.core.context import Context
 from compressor.core.files import atomic_path
+from compressor.quant.adaround import AdaRoundSettings
+from compressor.quant.fallback import Fallback, accuracy_fallback, module_name
 from compressor.quant.problem import QuantProblem, top1_onnx
 from compressor.quant.qdq_rules import check_tensorrt
 from compressor.quant.selection import choose, deployment, latency_pool, speed_check
@@ -40,14 +44,21 @@ from compressor.runtime.latency import measure_isolated
 from compressor.runtime.openvino import int8_summary
 
 STRATEGIES = ("xgboost", "random", "ga", "grid")
+SWITCH = ("search", True, False)
 
 
 @dataclass
 class QuantizeConfig:
-    """target: ort-cpu | openvino-cpu | tensorrt. strategy: xgboost | random | ga | grid. max_evals / max_seconds /
-    max_accuracy_drop (points below FP32 validation top-1 that end the search early): the budget.
-    batch: configurations proposed per round and evaluated together (in parallel under a parallel executor)
-    between refits of the tuner; 1 is Quantune's one-at-a-time search. Independent of the executor's workers.
+    """target: ort-cpu | openvino-cpu | tensorrt. strategy: xgboost | random | ga | grid. max_evals / max_seconds:
+    the budget. batch: configurations proposed per round and evaluated together (in parallel under a parallel
+    executor) between refits of the tuner; 1 is Quantune's one-at-a-time search. Independent of the executor's
+    workers.
+    max_accuracy_drop: the accuracy goal, in points below FP32 validation top-1; the search stops once a
+    configuration meets it, and when none does, up to max_float_layers layers go back to float, most sensitive
+    first, until it holds (the report lists them).
+    cle / bias_correction / adaround: search (a knob of the space), true or false (YAML on / off). adaround_iterations: AdaRound's
+    steps per layer. weight_images: calibration images AdaRound and bias correction use.
+    keep_float: module-name patterns (fnmatch, e.g. "layer3.*", "linear") never quantized.
     baselines: also run these strategies with the same budget for the history plot.
     warm_start_db: measurement database for the XGBoost tuner ("" = the shipped one, "none" = no transfer).
     mixed_fraction: share of weighted layers kept in float by mixed precision (the most sensitive ones).
@@ -68,6 +79,13 @@ class QuantizeConfig:
     max_seconds: float | None = param(None, gt=0)
     max_accuracy_drop: float | None = param(None, ge=0)
     batch: int = param(4, ge=1)
+    max_float_layers: int = param(8, ge=0)
+    cle: str | bool = param("search", choices=SWITCH)
+    bias_correction: str | bool = param("search", choices=SWITCH)
+    adaround: str | bool = param("search", choices=SWITCH)
+    adaround_iterations: int = param(300, ge=1)
+    weight_images: int = param(256, ge=1)
+    keep_float: tuple[str, ...] = ()
     baselines: tuple[str, ...] = param((), choices=STRATEGIES)
     warm_start_db: str = ""
     mixed_fraction: float = param(0.1, gt=0, lt=1)
@@ -103,13 +121,20 @@ class Quantune:
             return XGBoostTuner(descriptors, fp32, db)
         return {"random": RandomSearch, "ga": GeneticSearch, "grid": GridSearch}[name]()
 
+    def problem(self, float_onnx: onnx.ModelProto, ctx: Context) -> QuantProblem:
+        c = self.config
+        restrict = {k: (getattr(c, k),) for k in ("cle", "bias_correction", "adaround") if getattr(c, k) != "search"}
+        return QuantProblem(float_onnx, ctx.splits.calibration, ctx.splits.validation, ctx.preprocess, c.target,
+                            c.mixed_fraction, keep_float=c.keep_float, restrict=restrict,
+                            adaround=AdaRoundSettings(iterations=c.adaround_iterations), weight_images=c.weight_images,
+                            seed=ctx.seed, progress=ctx.progress, precision=ctx.openvino_precision)
+
     def run(self, model: nn.Module, ctx: Context) -> QuantuneResult:
         c = self.config
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         fp32_path = export_onnx(model, ctx.out_dir / "quantize_fp32.onnx", ctx.input_shape)
         openvino = c.target == "openvino-cpu"
-        problem = QuantProblem(onnx.load(fp32_path), ctx.splits.calibration, ctx.splits.validation, ctx.preprocess,
-                               c.target, c.mixed_fraction, precision=ctx.openvino_precision)
+        problem = self.problem(onnx.load(fp32_path), ctx)
         fp32_val = top1_onnx(problem.float_model, ctx.splits.validation, ctx.preprocess, target=c.target,
                              precision=ctx.openvino_precision)
         descriptors = model_descriptors(model, problem.float_model)
@@ -121,16 +146,22 @@ class Quantune:
                    evaluate_many=lambda configs: problem.evaluate_many(configs, ctx.executor))
             for s in (c.strategy, *[b for b in c.baselines if b != c.strategy])
         ]
+        goal: Fallback | None = None  # the accuracy goal's layer-by-layer fallback, when the search missed it
+        scores, extra = problem.results, ()
+        if target_acc is not None and max(scores.values()) < target_acc:
+            top = min(scores, key=lambda k: (-scores[k], k))
+            goal = accuracy_fallback(problem, top, target_acc, c.max_float_layers, ctx.progress)
+            scores, extra = {top: goal.val_top1}, tuple(goal.nodes)
         ctx.executor.release()  # the candidates are timed below, with no worker beside them
-        pool = latency_pool(problem.results, c.target, c.accuracy_tolerance, c.latency_candidates)
-        models = {f"int8:{cfg.key()}": problem.build(cfg) for cfg in pool}
+        pool = latency_pool(scores, c.target, c.accuracy_tolerance, c.latency_candidates)
+        models = {f"int8:{cfg.key()}": problem.build(cfg, extra) for cfg in pool}
         images = ctx.preprocess(ctx.splits.validation.images[: c.latency_batch]).numpy()
         on = {"backend": "openvino", "precision": ctx.openvino_precision} if openvino else {}  # else ONNX Runtime
         timed = self.measure_latency({"fp32": problem.float_model, **models}, images, c.latency_batch, c.threads,
                                      progress=ctx.progress, **on)
         lat = {cfg: timed[f"int8:{cfg.key()}"] for cfg in pool}
         checks = {cfg: speed_check(timed["fp32"], lat[cfg], c.min_speedup) for cfg in pool}
-        best, choice_rule = choose(pool, problem.results, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance)
+        best, choice_rule = choose(pool, scores, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance)
         qdq, speed = models[f"int8:{best.key()}"], checks[best]
         with atomic_path(ctx.out_dir / "quantized_int8.onnx") as tmp:
             onnx.save(qdq, tmp)
@@ -143,12 +174,15 @@ class Quantune:
             "target": c.target,
             "int8_config": best.as_dict(),
             "choice_rule": choice_rule,
-            "float_layers": problem.float_layers(best),
-            "val_top1": problem.results[best],
-            "latency_candidates": {cfg.key(): {**lat[cfg].as_dict(), "val_top1": problem.results[cfg]} for cfg in pool},
+            "float_layers": [module_name(n) for n in [*problem.float_layers(best), *extra]],
+            "val_top1": scores[best],
+            "latency_candidates": {cfg.key(): {**lat[cfg].as_dict(), "val_top1": scores[cfg]} for cfg in pool},
             "fp32_val_top1": fp32_val,
             "evaluations": problem.evaluations,
-            "calibration_runs": problem.calibrator.runs,
+            "calibration_runs": problem.calibration_runs,
+            "accuracy_goal": None if goal is None else goal.as_dict(),
+            "equalization": None if problem.equalization is None else problem.equalization.as_dict(),
+            "weight_tables": problem.weight_summaries(),
             "search": [r.as_dict() for r in results],
             **speed,
             "fallback_to_fp32_if_slower": fallback,

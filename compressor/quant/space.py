@@ -3,7 +3,9 @@
 Follows Quantune (Lee et al., arXiv 2202.05048, 2022), whose five knobs come from the NEST-C/Glow quantizer:
 calibration size (1 / 1,000 / 10,000 images), clipping (max, KL entropy; we add percentile), scheme (asymmetric,
 symmetric, symmetric with uint8, power-of-two scales), granularity (per-tensor or per-channel weights) and
-precision (all-int8 or mixed, the most sensitive layers kept in float).
+precision (all-int8 or mixed, the most sensitive layers kept in float). We add the standard CNN toolbox as three
+more on/off knobs and one more clipping: cross-layer equalization and bias correction (Nagel et al., *Data-Free
+Quantization*, ICCV 2019), AdaRound weight rounding (Nagel et al., ICML 2020) and MSE range setting.
 
 How a scheme maps onto ONNX Runtime tensors (weights are always symmetric int8 with zero point 0, which the
 MLAS kernels need for their fast paths and TensorRT requires):
@@ -28,6 +30,7 @@ class Clipping(str, Enum):
     MAX = "max"
     ENTROPY = "entropy"
     PERCENTILE = "percentile"
+    MSE = "mse"
 
 
 CALIBRATION_SIZES = (1, 1000, 10000)
@@ -35,12 +38,16 @@ CLIPPINGS = tuple(c.value for c in Clipping)
 SCHEMES = ("asymmetric", "symmetric", "symmetric_uint8", "power_of_two")
 GRANULARITIES = ("per_tensor", "per_channel")
 PRECISION_MODES = ("int8", "mixed")
+SWITCHES = (False, True)
+# The toolbox knobs; a measurement that predates them (an old database record) had them all off.
+TECHNIQUES = ("cle", "bias_correction", "adaround")
 KNOBS = {
     "calibration": CALIBRATION_SIZES,
     "clipping": CLIPPINGS,
     "scheme": SCHEMES,
     "granularity": GRANULARITIES,
     "precision": PRECISION_MODES,
+    **{t: SWITCHES for t in TECHNIQUES},
 }
 TARGETS = ("ort-cpu", "openvino-cpu", "tensorrt")
 
@@ -54,6 +61,9 @@ class QuantConfig:
     scheme: str = "asymmetric"
     granularity: str = "per_channel"
     precision: str = "int8"
+    cle: bool = False
+    bias_correction: bool = False
+    adaround: bool = False
 
     def __post_init__(self) -> None:
         for knob, values in KNOBS.items():
@@ -64,7 +74,12 @@ class QuantConfig:
         return asdict(self)
 
     def key(self) -> str:
-        return f"c{self.calibration}-{self.clipping}-{self.scheme}-{self.granularity}-{self.precision}"
+        """A readable unique name; the toolbox knobs that are on come before the precision (``...-cle-ar-int8``)."""
+        tags = "".join(f"-{t}" for t, on in zip(("cle", "bc", "ar"), self.techniques()) if on)
+        return f"c{self.calibration}-{self.clipping}-{self.scheme}-{self.granularity}{tags}-{self.precision}"
+
+    def techniques(self) -> tuple[bool, ...]:
+        return tuple(getattr(self, t) for t in TECHNIQUES)
 
     def one_hot(self) -> list[float]:
         """Quantune's feature encoding: one indicator per value of every knob."""
@@ -92,9 +107,11 @@ def allowed(config: QuantConfig, target: str) -> bool:
     return True
 
 
-def config_space(target: str = "ort-cpu", max_calibration: int | None = None) -> list[QuantConfig]:
+def config_space(target: str = "ort-cpu", max_calibration: int | None = None,
+                 restrict: dict[str, tuple] | None = None) -> list[QuantConfig]:
     """Every allowed configuration, in a fixed order. Calibration sizes above ``max_calibration`` (the size of the
-    calibration split) collapse onto the cap, so only the smallest nominal size that reaches it is kept."""
+    calibration split) collapse onto the cap, so only the smallest nominal size that reaches it is kept.
+    ``restrict`` narrows knobs to the given values (e.g. ``{"adaround": (False,)}``)."""
     sizes = list(CALIBRATION_SIZES)
     if max_calibration is not None:
         kept, seen = [], set()
@@ -104,8 +121,6 @@ def config_space(target: str = "ort-cpu", max_calibration: int | None = None) ->
                 seen.add(eff)
                 kept.append(s)
         sizes = kept
-    out = [
-        QuantConfig(*values)
-        for values in itertools.product(sizes, CLIPPINGS, SCHEMES, GRANULARITIES, PRECISION_MODES)
-    ]
+    knobs = {**KNOBS, "calibration": tuple(sizes), **(restrict or {})}
+    out = [QuantConfig(*values) for values in itertools.product(*knobs.values())]
     return [c for c in out if allowed(c, target)]
