@@ -1,4 +1,4 @@
-"""Command line: compress, run (one pass), passes, bench, check.
+"""Command line: compress, run (one pass), passes, bench, profile, check.
 
 Every user-facing failure is one line on stderr and a non-zero exit (2 = bad input, 3 = gate missed);
 ``--debug`` shows the traceback instead.
@@ -394,6 +394,52 @@ def _openvino_precision(path: str, precision: str | None) -> str:
 
         return recorded_precision(path) or "f32"
     return "f32"
+
+
+@cli.command()
+@click.option("--model", required=True, help="Zoo name, package.module:callable or file.py:callable.")
+@click.option("--weights", type=str, help="state_dict checkpoint (optional: weights do not change latency).")
+@click.option("--input-shape", default="3,32,32", help="C,H,W.")
+@click.option("--target", default="ort-cpu", type=click.Choice(["ort-cpu", "openvino-cpu"]), help="Runtime to time on.")
+@click.option("--precision", default="int8", type=click.Choice(["int8", "fp32"]), help="Deployed precision.")
+@click.option("--openvino-precision", default="f32", type=click.Choice(["f32", "bf16", "default"]),
+              help="openvino-cpu: the precision hint for the float parts (the recipe's openvino.precision).")
+@click.option("--batch", default="64", help="Comma-separated batch sizes (the prune pass's latency_batch).")
+@click.option("--threads", default=2, type=click.IntRange(min=1), help="Intra-op threads.")
+@click.option("--scope", default="inner", type=click.Choice(["inner", "all"]), help="Prunable channels (prune's scope).")
+@click.option("--width-step", "--widths", "width_step", default=1, type=click.IntRange(min=1),
+              help="Candidate widths are multiples of this (prune's width_step; 1 = every width).")
+@click.option("--min-channels", default=1.0, type=Number(gt=0), help="Prune's min_channels (channels, or a fraction < 1).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def profile(model, weights, input_shape, target, precision, openvino_precision, batch, threads, scope, width_step,
+            min_channels, quiet):
+    """Time every layer shape the prune pass may choose for a model on a target into the cached latency table
+    (once per machine, runtime version and thread count; an interrupted run continues where it stopped)."""
+    from compressor.core.models import load_user_model
+    from compressor.pruning.knapsack import profile_shapes
+    from compressor.runtime.latency_model import LatencyModel, LatencyTable
+    from compressor.runtime.latency_targets import make_target
+
+    shape = tuple(_parse_shape(input_shape))
+    try:
+        batches = [int(b) for b in batch.split(",")]
+    except ValueError:
+        raise CompressorError(f"--batch {batch!r} must be comma-separated integers") from None
+    if min(batches) < 1:
+        raise CompressorError(f"--batch {batch!r}: every batch size must be at least 1")
+    net = load_user_model(model, weights, False, shape).model.eval()
+    table = LatencyTable(make_target(target, threads, openvino_precision))
+    shapes = profile_shapes(net, shape, scope, width_step, min_channels)
+    timed = table.measure(shapes, precision, batches, progress=not quiet)
+    click.echo(f"{len(shapes)} layer shapes of {model} on {target} ({precision}, batch {batch}, {threads} threads); "
+               f"{timed} timed now, the rest were cached")
+    for b in batches:
+        lm = LatencyModel(table, precision, b)
+        uncalibrated = lm.predict(net, shape)
+        measured = lm.calibrate(net, shape)
+        click.echo(f"batch {b}: whole model measured {measured:.3f} ms, layer sum {uncalibrated:.3f} ms "
+                   f"(offset {lm.offset:+.3f} ms)")
+    click.echo(f"Table: {table.path}")
 
 
 @cli.command()

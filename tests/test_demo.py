@@ -1,6 +1,7 @@
 """The demo recipe end to end, as `compressor compress --recipe recipes/demo.yaml` runs it: which artifact is
 deployed when INT8 is faster and when it is not, that the gate judges that artifact, and --resume across the
-quantize stage. Latencies are injected (timing is not what this tests); only the bench windows are shortened."""
+quantize stage. Latencies are injected (timing is not what this tests: the quantize pass's check and the prune
+pass's latency table come from doubles); only the bench windows are shortened."""
 
 from __future__ import annotations
 
@@ -43,12 +44,14 @@ def _stage(report, name):
     return next(s for s in report.stages if s.stage == name)
 
 
-def test_demo_deploys_int8_when_faster_then_fp32_when_not(demo, monkeypatch):
+def test_demo_deploys_int8_when_faster_then_fp32_when_not(demo, monkeypatch, stair_target):
     recipe, out = demo
     monkeypatch.setattr(Quantize, "measure_latency", staticmethod(_fake_latency(True)))
     report = compressor.compress(recipe, out, progress=False)
     assert [s.stage for s in report.stages] == ["teacher", "01_prune", "02_fold_bn", "03_quantize", "export_onnx",
                                                 "export_onnx_int8"]
+    assert _stage(report, "01_prune").details["latency"]["predicted_speedup"] >= 2.7  # the recipe's target_speedup
+    assert report.headline["deployed"] == "model_int8.onnx" and "## Headline" in (out / "report.md").read_text()
     quant = _stage(report, "03_quantize")
     assert quant.artifact["precision"] == "int8" and quant.artifact["deploy"] is True
     assert report.deployed == "model_int8.onnx" and _sha(out / "model_int8.onnx") == _sha(out / quant.artifact["path"])

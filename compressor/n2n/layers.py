@@ -281,6 +281,7 @@ class Measurement:
     macs: int = 0
     seconds: float = 0.0
     error: str = ""
+    latency_ms: float = 0.0  # predicted on the target by the latency model (0 when no latency is asked for)
 
 
 def shrink_layers(model: nn.Module, scales: dict[str, float], input_shape: tuple[int, ...],

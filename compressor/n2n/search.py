@@ -25,7 +25,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, astuple, dataclass, field, fields
+from dataclasses import asdict, astuple, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,8 @@ from compressor.n2n.layers import (
 from compressor.n2n.policy import RemovalPolicy, ShrinkPolicy
 from compressor.n2n.reward import RewardFunction
 from compressor.n2n.students import StudentEvaluator, train_student
+from compressor.runtime.latency_model import latency_model
+from compressor.runtime.latency_targets import PRECISIONS, TARGETS
 
 
 @dataclass
@@ -77,9 +79,12 @@ class N2NConfig:
     student_augment: false trains the students on the unaugmented subset, so the teacher's logits for it are
     computed once and reused by every student instead of a teacher forward pass per step (our speed-up, not
     the paper's; the final fine-tune still augments).
-    size_measure: "params" (paper) or "macs" for C; max_params / max_macs: hard limits enforced by the annealed
-    penalty over penalty_epochs iterations; min_params / min_macs: floors under the same penalty (our addition, to
-    search a size band instead of the size the reward alone prefers, see RewardFunction). fixed: module names never
+    size_measure: "params" (paper), "macs" or "latency" for C; max_params / max_macs: hard limits enforced by the
+    annealed penalty over penalty_epochs iterations; min_params / min_macs: floors under the same penalty (our
+    addition, to search a size band instead of the size the reward alone prefers, see RewardFunction).
+    Latency is predicted by the latency model of ``target`` (``compressor profile``) in ``deploy_precision`` at
+    ``latency_batch`` with ``threads``; min_speedup (limit) / max_speedup (floor) bound the student's predicted
+    speed-up over the parent measured in FP32 on the target, under the same penalty. fixed: module names never
     removed or shrunk. final_*: the best student's fine-tune (KD + CE on the whole fine-tune split).
     policy_init: a saved ``n2n_policy.pt`` to warm-start from (policy transfer). resume: continue a checkpointed
     search with the same settings (iteration counts may grow).
@@ -100,11 +105,17 @@ class N2NConfig:
     subset_size: int = param(10000, ge=1)
     kd_loss: str = param("mse", choices=("mse", "kl"))
     ce_weight: float = param(0.0, ge=0)
-    size_measure: str = param("params", choices=("params", "macs"))
+    size_measure: str = param("params", choices=("params", "macs", "latency"))
     max_params: int | None = param(None, ge=1)
     max_macs: int | None = param(None, ge=1)
     min_params: int | None = param(None, ge=0)
     min_macs: int | None = param(None, ge=0)
+    min_speedup: float | None = param(None, gt=0)
+    max_speedup: float | None = param(None, gt=0)
+    target: str = param("ort-cpu", choices=tuple(TARGETS))
+    deploy_precision: str = param("int8", choices=PRECISIONS)
+    latency_batch: int = param(64, ge=1)
+    threads: int = param(2, ge=1)
     penalty_epochs: float = param(15.0, gt=0)
     fixed: tuple[str, ...] = ()
     final_steps: int = param(2000, ge=0)
@@ -120,6 +131,9 @@ class N2NConfig:
     resume: bool = True
 
     def check(self) -> str | None:
+        if self.min_speedup is not None and self.max_speedup is not None and self.min_speedup > self.max_speedup:
+            return (f"n2n: min_speedup ({self.min_speedup}) is above max_speedup ({self.max_speedup}); no student can "
+                    "satisfy both, lower min_speedup or raise max_speedup")
         for lo, hi, what in ((self.min_params, self.max_params, "params"), (self.min_macs, self.max_macs, "macs")):
             if lo is not None and hi is not None and lo > hi:
                 return (f"n2n: min_{what} ({lo}) is above max_{what} ({hi}); no student can satisfy both, lower "
@@ -196,13 +210,23 @@ class N2NSearch:
         finetune = FinetuneConfig(steps=config.student_steps, batch_size=config.student_batch_size, lr=config.student_lr,
                                   kd_loss=config.kd_loss, ce_weight=config.ce_weight, tune_mode=False, bn=config.bn,
                                   precision=config.precision, augment=config.student_augment)
+        latency, baseline, parent_ms = None, 0.0, 0.0
+        if config.size_measure == "latency" or config.min_speedup is not None or config.max_speedup is not None:
+            latency = latency_model(config.target, config.deploy_precision, config.latency_batch, config.threads,
+                                    ctx.progress, ctx.openvino_precision)
+            parent_ms = latency.calibrate(parent, self.input_shape)
+            fp32, own = latency.against_fp32((parent, parent), self.input_shape)
+            baseline = parent_ms * fp32 / own  # the parent's FP32 latency in the prediction's units
         self.evaluator = StudentEvaluator(parent, self.table, ctx.teacher, ctx.splits.finetune.subset(np.sort(subset)),
                                           ctx.preprocess, ctx.splits.validation, self.input_shape, finetune, ctx.seed,
                                           config.fixed)
         self.reward = RewardFunction(
             ctx.validation_top1(parent), count_params(parent), count_macs(parent, self.input_shape),
             size_measure=config.size_measure, max_params=config.max_params, max_macs=config.max_macs,
-            penalty_epochs=config.penalty_epochs, min_params=config.min_params, min_macs=config.min_macs)
+            penalty_epochs=config.penalty_epochs, min_params=config.min_params, min_macs=config.min_macs,
+            teacher_latency_ms=parent_ms, baseline_ms=baseline, min_speedup=config.min_speedup,
+            max_speedup=config.max_speedup)
+        self.latency = latency
 
     # ------------------------------------------------------------------------------------- persistence
 
@@ -254,7 +278,15 @@ class N2NSearch:
         if todo and self._shared is None:
             self._shared = self.executor.put(self.evaluator.prepare())
         names = [f"n2n student {c.key()[:120]}" for c in todo]
-        for c, m in zip(todo, self.executor.map(train_student, todo, self._shared, names) if todo else []):
+        measured = self.executor.map(train_student, todo, self._shared, names) if todo else []
+        if self.latency is not None and todo:
+            # Predicted here in the driver once the round is trained: a table entry still missing is timed with no
+            # worker beside it, and the prediction depends on the architecture only, not on the trained weights.
+            self.executor.release()
+            measured = [replace(m, latency_ms=self.latency.predict(
+                build_student(self.parent, self.table, c, self.input_shape, self.config.fixed), self.input_shape))
+                if m.valid else m for c, m in zip(todo, measured)]
+        for c, m in zip(todo, measured):
             self.measurements[c.key()] = m
         self.evaluations += len(todo)
         return [self.measurements[c.key()] for c in candidates]
@@ -280,7 +312,7 @@ class N2NSearch:
                 "mean_reward": float(np.mean(rewards)), "loss": float(loss.detach()),
                 "candidates": [c.as_dict() for c in candidates], "actions": actions.tolist(),
                 "accuracy": [m.accuracy for m in measured], "params": [m.params for m in measured],
-                "macs": [m.macs for m in measured],
+                "macs": [m.macs for m in measured], "latency_ms": [m.latency_ms for m in measured],
             })
             mean = float(np.mean(rewards))
             d = self.config.baseline_decay
@@ -379,7 +411,8 @@ class N2NSearch:
                 progress=ctx.progress, desc="n2n fine-tune best")
         details = {
             "teacher": {"validation_top1": self.reward.teacher_accuracy, "params": self.reward.teacher_params,
-                        "macs": self.reward.teacher_macs},
+                        "macs": self.reward.teacher_macs, "predicted_ms": self.reward.teacher_latency_ms or None,
+                        "fp32_baseline_ms": self.reward.baseline_ms or None},
             "budget": {
                 "removal_iterations": cfg.removal_iterations, "shrink_iterations": cfg.shrink_iterations,
                 "rollouts": cfg.rollouts, "student_steps": cfg.student_steps,
@@ -394,6 +427,8 @@ class N2NSearch:
                 "params": count_params(student), "macs": count_macs(student, self.input_shape),
                 "removed_blocks": len(candidate.remove),
                 "within_limits": within,
+                **({"predicted_ms": self.latency.predict(student, self.input_shape),
+                    "measured_ms": self.latency.measure_model(student, self.input_shape)} if self.latency else {}),
             },
             "final_validation_top1": ctx.validation_top1(student),
             "history": [{k: v for k, v in h.items() if k != "actions"} for h in self.history()],

@@ -54,6 +54,7 @@ class Report:
     seed: int = 0
     versions: dict[str, str] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    headline: dict[str, Any] = field(default_factory=dict)  # see :func:`headline`
 
     @property
     def gate_passed(self) -> bool:
@@ -111,13 +112,74 @@ def _latency(s: StageRecord, target: str, key: str, first: bool) -> float | None
     return None
 
 
+SLOWER_TOLERANCE = 0.10
+"""A stage is flagged as slower than its input only beyond this fraction: identical models timed in separate
+windows differ by several percent on a shared 2-core machine (docs/performance.md), more with short windows."""
+
+
+def stage_speed(report: Report, stage: StageRecord, target: str = "ort-cpu") -> tuple[float | None, float | None]:
+    """(p50 latency ms at batch 1, img/s at batch 64) of a stage on ``target``, None where it was not timed."""
+    first = target == targets(report)[0]
+    return _latency(stage, target, "p50_b1_ms", first), _latency(stage, target, "img_s_b64", first)
+
+
+def _speedups(base: tuple, new: tuple) -> dict[str, float | None]:
+    (b1, tp), (n1, ntp) = base, new
+    return {"batch1_speedup": b1 / n1 if b1 and n1 else None, "batch64_speedup": ntp / tp if tp and ntp else None}
+
+
+def headline(report: Report, target: str = "ort-cpu") -> dict[str, Any]:
+    """The end-to-end figure: the deployed artifact against the teacher on ``target`` at batch 1 (p50 latency) and
+    64 (throughput) and against the teacher's ONNX Runtime FP32 (the common baseline across targets), with Δ test
+    top-1; and every pass stage slower on ``target`` than the stage before it (``SLOWER_TOLERANCE``)."""
+    teacher = report.stages[0]
+    deployed = next((s for s in report.stages if s.kind == "export" and s.onnx_path == report.deployed), None)
+    if deployed is None:
+        return {}
+    out: dict[str, Any] = {
+        "target": target, "deployed": report.deployed, "top1": deployed.top1, "delta_top1": deployed.delta_top1,
+        "vs_teacher": _speedups(stage_speed(report, teacher, target), stage_speed(report, deployed, target)),
+        "vs_teacher_ort_fp32": _speedups(stage_speed(report, teacher), stage_speed(report, deployed, target)),
+        "slower_stages": [],
+    }
+    previous = teacher
+    for s in (s for s in report.stages if s.kind == "pass"):
+        ratios = _speedups(stage_speed(report, previous, target), stage_speed(report, s, target))
+        if any(r is not None and r < 1 - SLOWER_TOLERANCE for r in ratios.values()):
+            out["slower_stages"].append({"stage": s.stage, "input": previous.stage, **ratios})
+        previous = s
+    return out
+
+
+def _x(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def render_headline(h: dict[str, Any]) -> list[str]:
+    if not h:
+        return []
+    t = h["target"]
+    lines = [f"## Headline ({t})", "",
+             f"`{h['deployed']}` (deployed): test top-1 {_fmt(h['top1'], '.2f')} % "
+             f"({_fmt(h['delta_top1'], '+.2f')} pt vs the teacher).", "",
+             "| speed-up of the deployed artifact over | batch 1 (p50 latency) | batch 64 (throughput) |", "|---|---|---|",
+             f"| the teacher on {t} | {_x(h['vs_teacher']['batch1_speedup'])} | "
+             f"{_x(h['vs_teacher']['batch64_speedup'])} |",
+             f"| the teacher in ONNX Runtime FP32 | {_x(h['vs_teacher_ort_fp32']['batch1_speedup'])} | "
+             f"{_x(h['vs_teacher_ort_fp32']['batch64_speedup'])} |", ""]
+    for s in h["slower_stages"]:
+        lines.append(f"**Slower than its input:** {s['stage']} runs slower on {t} than {s['input']} (speed-up "
+                     f"{_x(s['batch1_speedup'])} at batch 1, {_x(s['batch64_speedup'])} at batch 64).")
+    return lines + ([""] if h["slower_stages"] else [])
+
+
 def render_markdown(report: Report) -> str:
     names = targets(report)
     hint = report.recipe.get("openvino", {}).get("precision", "f32")
     extra = [f"top-1 % openvino-cpu ({hint})"] if "openvino-cpu" in names else []
     extra += [f"{k} {t}" for t in names for k in ("p50 b1 ms", "img/s b64")]
     lines = [
-        "# Compression report", "",
+        "# Compression report", "", *render_headline(report.headline),
         "| stage | top-1 % | Δ vs teacher | agree % | params | MACs (M) | ONNX MB | " + " | ".join(extra) + " | time s |",
         "|---|---|---|---|---|---|---|" + "---|" * len(extra) + "---|",
     ]

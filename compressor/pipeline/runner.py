@@ -52,7 +52,7 @@ from compressor.pipeline.manifest import (
     written_since,
 )
 from compressor.pipeline.recipe import Recipe, to_dict
-from compressor.pipeline.report import Report, StageRecord, versions, write_report
+from compressor.pipeline.report import Report, StageRecord, headline, versions, write_report
 from compressor.runtime import openvino
 from compressor.runtime.bench import BenchSettings, bench_targets
 from compressor.runtime.export import check_parity, export_onnx, export_openvino, ort_predict, ort_session
@@ -374,6 +374,9 @@ class Pipeline:
             finals.append(engine.name)
             report.stages.append(StageRecord("export_tensorrt", "export", details={"engine": engine.name, "precision": precision}))
         report.deployed = deployed.name
+        # The headline is on the deployed artifact's own target when the recipe times it, else its first target.
+        made_for = next((s.artifact["target"] for s in reversed(report.stages) if s.artifact), None)
+        report.headline = headline(report, made_for if made_for in r.targets else r.targets[0])
         report.gate = evaluate_gate(report, r.budget)
         report.wall_seconds = time.perf_counter() - t_start
         write_report(report, self.out_dir)

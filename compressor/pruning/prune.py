@@ -28,6 +28,9 @@ from compressor.core.train import BN_MODES, TRAIN_PRECISIONS, FinetuneConfig, di
 from compressor.errors import CompressorError
 from compressor.graph.dependency import DependencyGraph, Group
 from compressor.pruning.criteria import CRITERIA, LRPCriterion, RandomCriterion, group_scores
+from compressor.pruning.knapsack import LatencyPlanner
+from compressor.runtime.latency_model import latency_model
+from compressor.runtime.latency_targets import PRECISIONS, TARGETS
 
 
 @dataclass
@@ -36,8 +39,15 @@ class PruneConfig:
 
     * criterion: lrp | l1 | taylor | random.
     * target_ratio: fraction of the prunable filters to remove; target_macs_reduction (e.g. 3.0 = 3× fewer
-      MACs) replaces it when set.
-    * schedule: one_shot | iterative; step: fraction of the original prunable filters removed per step.
+      MACs) or target_speedup replaces it when set.
+    * target_speedup: prune to a latency budget instead (HALP's latency-saliency knapsack,
+      :mod:`compressor.pruning.knapsack`): the pruned model, predicted in ``deploy_precision`` at ``latency_batch``
+      on ``target`` by the measured latency table (``compressor profile``), must run ``target_speedup`` times
+      faster than the input model measured in FP32 there. Groups go by importance per unit of saved latency;
+      ``width_step`` limits the candidate widths to multiples of it (fewer layer shapes to time); round_to and
+      global_ranking do not apply (the knapsack ranks globally). ``threads``: the target runtime's threads.
+    * schedule: one_shot | iterative; step: fraction of the original prunable filters removed per step (with
+      target_speedup: fraction of the way from the input's predicted latency to the budget, HALP's schedule).
     * scope: all | inner (inner = only channels that pass through no residual addition or padding shortcut).
     * global_ranking: one ranking across layers (the paper) or the same fraction in every layer.
     * min_channels: floor per conv (≥ 1: channels; < 1: fraction of its original width); round_to: keep widths
@@ -59,6 +69,12 @@ class PruneConfig:
     criterion: str = param("lrp", choices=tuple(CRITERIA))
     target_ratio: float = param(0.3, gt=0, lt=1)
     target_macs_reduction: float | None = param(None, gt=1)
+    target_speedup: float | None = param(None, gt=0)
+    target: str = param("ort-cpu", choices=tuple(TARGETS))
+    deploy_precision: str = param("int8", choices=PRECISIONS)
+    latency_batch: int = param(64, ge=1)
+    threads: int = param(2, ge=1)
+    width_step: int = param(1, ge=1)
     schedule: str = param("one_shot", choices=("one_shot", "iterative"))
     step: float = param(0.05, gt=0, le=1)
     scope: str = param("all", choices=("all", "inner"))
@@ -83,12 +99,14 @@ class PruneConfig:
     precision: str = param("fp32", choices=TRAIN_PRECISIONS)
 
     def check(self) -> str | None:
+        if self.target_speedup is not None and self.target_macs_reduction is not None:
+            return "prune: set target_speedup or target_macs_reduction, not both"
         return precision_problem(self.precision)
 
     @property
     def ratio(self) -> float | None:
-        """The filter-ratio target, or None when the MAC target rules."""
-        return None if self.target_macs_reduction is not None else self.target_ratio
+        """The filter-ratio target, or None when the MAC or latency target rules."""
+        return None if self.target_macs_reduction is not None or self.target_speedup is not None else self.target_ratio
 
     def criterion_object(self, seed: int):  # noqa: ANN201
         if self.criterion == "lrp":
@@ -258,8 +276,17 @@ class Pruner:
         base_macs, base_params = count_macs(model, shape), count_params(model)
         steps = [self._record(model, ctx, 0, 0.0, base_params, base_macs)]
         removed = 0
+        planner = None
+        if cfg.target_speedup is not None:
+            planner = LatencyPlanner(latency_model(cfg.target, cfg.deploy_precision, cfg.latency_batch, cfg.threads,
+                                                   ctx.progress, ctx.openvino_precision), cfg.target_speedup,
+                                     cfg.width_step)
+            planner.begin(model, shape)
+            steps[0]["predicted_ms"] = planner.start_ms
 
         def reached() -> bool:
+            if planner is not None:
+                return planner.predicted(model) <= planner.budget_ms * (1 + 1e-9)
             if cfg.ratio is not None:
                 return removed >= round(cfg.ratio * total)
             return base_macs / count_macs(model, shape) >= cfg.target_macs_reduction
@@ -271,12 +298,16 @@ class Pruner:
             last = goal >= (cfg.ratio if cfg.ratio is not None else 1.0)
             if cfg.ratio is not None:
                 goal = min(goal, cfg.ratio)
-            if not last and round(goal * total) <= removed:
+            if planner is None and not last and round(goal * total) <= removed:
                 continue  # a coupled group of the previous step already overshot this step's share
             graph = DependencyGraph(model, shape)
             groups = [g for g in graph.groups() if cfg.scope == "all" or not g.residual]
             scores = group_scores(groups, criterion(model, ctx.splits.reference, ctx.preprocess))
-            chosen = self._choose(model, graph, groups, scores, goal, total, removed, floors, layer_sizes, base_macs)
+            if planner is not None:
+                chosen = planner.select(model, groups, scores, floors, planner.step_budget(goal))
+            else:
+                chosen = self._choose(model, graph, groups, scores, goal, total, removed, floors, layer_sizes,
+                                      base_macs)
             if not chosen:
                 if last:
                     break  # every remaining group is at its floor
@@ -291,6 +322,8 @@ class Pruner:
                     seed=ctx.seed + len(steps), progress=ctx.progress, desc=f"prune step {len(steps)}")
             steps.append(self._record(model, ctx, len(steps), removed / total, count_params(model),
                                       count_macs(model, shape)))
+            if planner is not None:
+                steps[-1]["predicted_ms"] = planner.predicted(model)
         if cfg.final_finetune_steps > 0:
             distill(model, ctx.teacher, ctx.splits.finetune, ctx.preprocess, cfg.finetune(cfg.final_finetune_steps, final=True),
                     seed=ctx.seed, progress=ctx.progress, desc="prune final fine-tune")
@@ -299,11 +332,14 @@ class Pruner:
         rates = [s["rate"] for s in steps if not s.get("finetuned")]
         accs = [s["val_top1"] for s in steps if not s.get("finetuned")]
         auc = float(np.trapezoid(accs, rates)) if len(rates) > 1 else 0.0
-        return model, {
+        record = {
             "config": asdict(cfg), "prunable_filters": total, "removed_filters": removed,
             "macs_reduction": base_macs / count_macs(model, shape), "auc": auc,
             "widths": conv_widths(model), "steps": steps,
         }
+        if planner is not None:
+            record["latency"] = planner.record(model)
+        return model, record
 
     def _choose(
         self, model: nn.Module, graph: DependencyGraph, groups: list[Group], scores: np.ndarray, goal: float,

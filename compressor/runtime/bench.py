@@ -110,20 +110,25 @@ def onnx_input_shape(path: str | Path, given: tuple[int, ...] | None = None) -> 
 
 def onnx_runner(path: str | Path, batch: int, threads: int, inputs: np.ndarray | None = None,
                 input_shape: tuple[int, ...] | None = None) -> Runner:
-    """``inputs``: images to feed (repeated up to ``batch``); else random normal values of ``input_shape``, or of
-    the model's static input shape when None."""
+    """``inputs``: images to feed (repeated up to ``batch``); if None, every graph input gets random values of its
+    element type (normal floats, uniform bytes for the uint8 / int8 inputs of a quantized layer) and of its static
+    shape, the first input of ``input_shape`` when given."""
     from compressor.runtime.sessions import ort_session
 
     sess = ort_session(path, threads)
     inp = sess.get_inputs()[0]
     if inputs is None:
-        shape = tuple(input_shape) if input_shape is not None else tuple(inp.shape[1:])
-        if not all(isinstance(d, int) and d > 0 for d in shape):
-            raise CompressorError(f"{Path(path).name} has dynamic input dims {shape}; give the input shape to time")
-        x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+        rng = np.random.default_rng(0)
+        feed = {}
+        for k, i in enumerate(sess.get_inputs()):
+            shape = tuple(input_shape) if k == 0 and input_shape is not None else tuple(i.shape[1:])
+            if not all(isinstance(d, int) and d > 0 for d in shape):
+                raise CompressorError(f"{Path(path).name} has dynamic input dims {shape}; give the input shape to time")
+            ints = {"tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(i.type)
+            feed[i.name] = (rng.integers(np.iinfo(ints).min, np.iinfo(ints).max, (batch, *shape), dtype=ints) if ints
+                            else rng.standard_normal((batch, *shape)).astype(np.float32))
     else:
-        x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)
-    feed = {inp.name: x}
+        feed = {inp.name: np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)}
     return lambda: sess.run(None, feed) and None
 
 

@@ -59,12 +59,13 @@ def compile_model(model: str | Path | bytes | Any, threads: int = 0, precision: 
             net = core.read_model(model)
         else:
             net = model.clone() if batch is not None else model
-        if batch is not None:
-            shape = net.input(0).get_partial_shape()
-            shape[0] = batch
-            if input_shape is not None:
-                shape = [batch, *input_shape]
-            net.reshape({net.input(0): shape})
+        if batch is not None:  # every input's batch axis (a residual Add layer has two inputs)
+            shapes = {}
+            for k, port in enumerate(net.inputs):
+                shape = port.get_partial_shape()
+                shape[0] = batch
+                shapes[port] = [batch, *input_shape] if k == 0 and input_shape is not None else shape
+            net.reshape(shapes)
         config: dict[str, Any] = {"NUM_STREAMS": 1}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
@@ -80,13 +81,17 @@ def runner(path: str | Path, batch: int, threads: int, precision: str = "f32", i
            input_shape: tuple[int, ...] | None = None):
     """One synchronous inference of ``batch`` images per call, as ``bench.onnx_runner`` for ONNX Runtime."""
     compiled = compile_model(path, threads, precision, batch, input_shape)
-    shape = tuple(compiled.input(0).get_shape())
-    if inputs is None:
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    else:
-        x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)
     request = compiled.create_infer_request()
-    return lambda: request.infer({0: x}) and None
+    if inputs is None:  # every input random, of its own element type (a quantized layer reads uint8 / int8)
+        rng = np.random.default_rng(0)
+        feed = {}
+        for k, port in enumerate(compiled.inputs):
+            shape, dtype = tuple(port.get_shape()), port.get_element_type().to_dtype()
+            feed[k] = (rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, shape, dtype=dtype)
+                       if np.issubdtype(dtype, np.integer) else rng.standard_normal(shape).astype(dtype))
+    else:
+        feed = {0: np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)}
+    return lambda: request.infer(feed) and None
 
 
 def predict(model: str | Path | bytes | Any, images: np.ndarray, precision: str = "f32", threads: int = 0,

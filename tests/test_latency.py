@@ -1,0 +1,245 @@
+"""Latency-driven compression: the latency table (cache, resume, fingerprint), whole-model prediction, HALP's
+knapsack, pruning to a speed-up on the demo ResNet-20, N2N's latency reward, the report's headline and the
+``profile`` command. Latencies come from the analytic ``StairTarget`` of conftest.py (timing is not tested here);
+the single-layer ONNX builders are run for real."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from compressor.core.data import Preprocess
+from compressor.core.metrics import count_macs
+from compressor.graph.dependency import DependencyGraph
+from compressor.n2n.layers import Measurement
+from compressor.n2n.reward import RewardFunction
+from compressor.n2n.search import N2NConfig, N2NSearch
+from compressor.passes.base import Context
+from compressor.passes.prune import Prune, PruneConfig
+from compressor.pipeline.report import Report, StageRecord, headline, render_markdown
+from compressor.pruning.knapsack import knapsack, profile_shapes
+from compressor.runtime.latency_model import EMPTY, LatencyModel, LatencyTable, describe
+from compressor.runtime.latency_targets import LayerShape, OrtCpuTarget
+from tests.conftest import StairTarget
+
+SHAPE = (3, 32, 32)
+SHAPES = [LayerShape("conv", 16, w, 32, 32, 3, 1, 1, act="relu") for w in (4, 8, 12, 16)] + [
+    LayerShape("add", 16, 16, 32, 32, act="relu"), LayerShape("linear", 64, 10)]
+
+
+def _small_ctx(splits, teacher, tmp_path) -> Context:
+    small = dataclasses.replace(splits, validation=splits.validation.subset(np.arange(100)),
+                                reference=splits.reference.subset(np.arange(0, len(splits.reference), 2)))
+    return Context(small, teacher, Preprocess(), SHAPE, tmp_path, progress=False)
+
+
+def test_table_is_cached_resumes_and_is_keyed_by_machine(tmp_path):
+    target = StairTarget()
+    target.fail_after = 3
+    table = LatencyTable(target, tmp_path / "t.json")
+    with pytest.raises(KeyboardInterrupt):
+        table.measure(SHAPES, "int8", [1, 64])
+    again = LatencyTable(StairTarget(), tmp_path / "t.json")  # a new process reading the file: 3 entries kept
+    assert len(again.entries) == 3 * 2
+    assert again.measure(SHAPES, "int8", [1, 64]) == len(SHAPES) + 1 - 3  # only what the killed run missed
+    assert again.measure(SHAPES, "int8", [1, 64]) == 0 and again.target.layers_timed == len(SHAPES) + 1 - 3
+    assert again.get(SHAPES[0], "int8", 64) == pytest.approx(StairTarget.EMPTY_MS + StairTarget.own_ms(SHAPES[0], "int8", 64))
+    assert again.measure(SHAPES[:1], "fp32", [64]) == 2  # another precision is another entry (plus its empty call)
+    # Another thread count is another machine state: another file, and a file of another fingerprint is not read.
+    assert LatencyTable(StairTarget(threads=1)).path != LatencyTable(StairTarget(threads=2)).path
+    assert LatencyTable(StairTarget(threads=1), tmp_path / "t.json").entries == {}
+    raw = json.loads((tmp_path / "t.json").read_text())
+    assert raw["fingerprint"] == {"target": "stair", "threads": "2"} and len(raw["entries"]) == 2 * 7 + 2
+
+
+def test_prediction_is_the_sum_of_entries_plus_the_calibrated_offset(teacher, tmp_path):
+    target = StairTarget()
+    lm = LatencyModel(LatencyTable(target, tmp_path / "t.json"), "int8", 64)
+    shapes = [layer.shape for layer in describe(teacher, SHAPE)]
+    assert len(shapes) == 19 + 9 + 2 + 2  # convs, adds, two shortcuts, pool and linear of ResNet-20
+    predicted = lm.predict(teacher, SHAPE)
+    empty = lm.table.get(EMPTY, "int8", 64)
+    assert predicted == pytest.approx(empty + sum(lm.table.get(s, "int8", 64) - empty for s in shapes))
+    measured = lm.calibrate(teacher, SHAPE)
+    assert measured == pytest.approx(target.time_model(teacher, SHAPE, "int8", [64])[64])
+    assert lm.offset == pytest.approx(StairTarget.MODEL_EXTRA_MS)
+    # A pruned variant is predicted from the same entries and offset; the calibration is cached per architecture.
+    pruned = DependencyGraph(teacher, SHAPE)
+    variant = pruned.prune([g for g in pruned.groups() if not g.residual][::3], copy.deepcopy(teacher))
+    other = LatencyModel(LatencyTable(target, tmp_path / "t.json"), "int8", 64)
+    calls = target.models_timed
+    other.calibrate(teacher, SHAPE)
+    assert target.models_timed == calls and other.offset == pytest.approx(lm.offset)
+    assert other.predict(variant, SHAPE) == pytest.approx(target.time_model(variant, SHAPE, "int8", [64])[64])
+
+
+def _relevance_only(values, costs, budget):
+    """Latency-blind baseline: per layer, options are 'keep the top j'; drop the least valuable single channel
+    (marginal value) globally until the summed cost fits."""
+    kept = [len(v) - 1 for v in values]  # option index = kept count (options 0..n)
+    while sum(c[k] for c, k in zip(costs, kept)) > budget:
+        marginal = [(v[k] - v[k - 1], i) for i, (v, k) in enumerate(zip(values, kept)) if k > 0]
+        _, i = min(marginal)
+        kept[i] -= 1
+    return kept
+
+
+def test_knapsack_keeps_the_most_relevance_per_latency():
+    # Layer A: linear latency, three weak channels. Layer B: the least relevant channels, but on a staircase that
+    # only saves latency in steps of four. Relevance-only ranking removes B's channels first and must go a whole
+    # step down (4 x 0.5 lost); the knapsack removes A's three weak ones (3 x 0.55) for the same budget.
+    a_scores, b_scores = [8, 7, 6, 5, 4, 0.55, 0.55, 0.55], [0.5] * 8
+    values = [np.concatenate([[0], np.cumsum(a_scores)]), np.concatenate([[0], np.cumsum(b_scores)])]
+    costs = [np.arange(9, dtype=float), 4.0 * np.ceil(np.arange(9) / 4)]
+    budget = 8 + 8 - 3
+    greedy = _relevance_only(values, costs, budget)
+    picks = knapsack(values, [c for c in costs], budget)
+    total = lambda k: sum(v[j] for v, j in zip(values, k))  # noqa: E731
+    spent = lambda k: sum(c[j] for c, j in zip(costs, k))  # noqa: E731
+    assert spent(picks) <= budget and spent(greedy) <= budget
+    assert total(picks) > total(greedy) and picks == [5, 8]
+    # And it is the optimum of small random instances (brute force), never worse than the greedy ranking.
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        values = [np.concatenate([[0], np.cumsum(np.sort(rng.random(5))[::-1])]) for _ in range(3)]
+        costs = [np.concatenate([[0], np.cumsum(rng.random(5))]) for _ in range(3)]
+        budget = float(rng.uniform(0.3, 0.9)) * sum(c[-1] for c in costs)
+        picks = knapsack(values, costs, budget)
+        best = max(total(k) for k in itertools.product(range(6), repeat=3) if spent(k) <= budget)
+        assert spent(picks) <= budget + 1e-9 and total(picks) == pytest.approx(best, rel=1e-3, abs=1e-3)
+        assert total(picks) >= total(_relevance_only(values, costs, budget)) - 1e-9
+    assert knapsack([np.array([1.0])], [np.array([2.0])], 1.0) is None
+
+
+@pytest.mark.parametrize("criterion", ["lrp", "l1"])
+def test_target_speedup_is_reached_on_the_predicted_model_with_widths_on_the_steps(
+        criterion, teacher, demo_splits, tmp_path, stair_target):
+    ctx = _small_ctx(demo_splits, teacher, tmp_path)
+    config = PruneConfig(criterion=criterion, target_speedup=4.0, scope="inner", deploy_precision="int8")
+    result = Prune(config).run(teacher, ctx)
+    lat = result.metrics["latency"]
+    fp32 = stair_target.time_model(teacher, SHAPE, "fp32", [64])[64]
+    assert lat["baseline_fp32_ms"] == pytest.approx(fp32) and lat["budget_ms"] == pytest.approx(fp32 / 4.0)
+    assert lat["reached"] and lat["predicted_speedup"] >= 4.0 and lat["predicted_speedup"] < 4.6
+    # The analytic double is exactly additive, so the measured speed-up is the predicted one.
+    assert lat["measured_speedup"] == pytest.approx(lat["predicted_speedup"], rel=1e-6)
+    assert count_macs(result.model, SHAPE) < count_macs(teacher, SHAPE)
+    # The staircase has steps of 8 channels: every pruned inner width sits on top of a step.
+    inner = {n: w for n, w in result.metrics["widths"].items() if n.endswith("conv1") and n != "conv1"}
+    assert any(w < 16 for w in inner.values()) and all(w % 8 == 0 for w in inner.values()), inner
+
+
+def test_iterative_latency_schedule_lowers_the_prediction_step_by_step(teacher, demo_splits, tmp_path, stair_target):
+    ctx = _small_ctx(demo_splits, teacher, tmp_path)
+    config = PruneConfig(criterion="l1", target_speedup=4.0, scope="inner", schedule="iterative", step=0.5,
+                         width_step=4)
+    result = Prune(config).run(teacher, ctx)
+    predicted = [s["predicted_ms"] for s in result.metrics["steps"]]
+    assert len(predicted) == 3 and predicted[0] > predicted[1] > predicted[2]
+    assert result.metrics["latency"]["reached"]
+    assert all(w % 4 == 0 for w in result.metrics["widths"].values())
+
+
+def test_n2n_reward_and_limits_on_latency(teacher, demo_splits, tmp_path, stair_target):
+    f = RewardFunction(80.0, 1000, 5000, size_measure="latency", teacher_latency_ms=10.0, baseline_ms=20.0,
+                       min_speedup=4.0)
+    fast, slow = Measurement(True, 80.0, 900, 4000, latency_ms=4.0), Measurement(True, 80.0, 100, 100, latency_ms=6.0)
+    assert f(fast, 0) == pytest.approx(0.6 * 1.4) and f.within_limits(fast)
+    assert not f.within_limits(slow) and f(slow, 15) == -1.0  # 20 / 6 < 4: over the limit after the horizon
+    config = N2NConfig(removal_iterations=1, shrink_iterations=0, rollouts=2, student_steps=1, student_batch_size=16,
+                       subset_size=64, final_steps=0, tune_mode=False, size_measure="latency")
+    search = N2NSearch(teacher, _small_ctx(demo_splits, teacher, tmp_path), config)
+    result = search.run()
+    parent_ms = search.reward.teacher_latency_ms
+    assert parent_ms == pytest.approx(stair_target.time_model(teacher, SHAPE, "int8", [64])[64])
+    for m in search.measurements.values():
+        assert 0 < m.latency_ms <= parent_ms
+    best = result.details["best"]
+    assert best["predicted_ms"] == pytest.approx(search.latency.predict(result.model, SHAPE))
+
+
+def _stage(name, kind, b1, tp, top1=90.0, path=None):
+    return StageRecord(name, kind, top1=top1, delta_top1=top1 - 91.0, latency_b1_p50_ms=b1, throughput_b64_img_s=tp,
+                       onnx_path=path)
+
+
+def test_report_headline_and_slower_stage_flag():
+    report = Report(stages=[
+        _stage("teacher", "teacher", 0.30, 4000, 91.0, "stages/00_teacher.onnx"),
+        _stage("01_prune", "pass", 0.54, 5000),  # slower than the teacher at batch 1: flagged
+        _stage("02_fold_bn", "pass", 0.57, 4800),  # within the noise of its input: not flagged
+        _stage("03_quantize", "pass", 0.15, 12000, 90.5),
+        _stage("export_onnx", "export", 0.53, 5050, 90.6, "model.onnx"),
+        _stage("export_onnx_int8", "export", 0.15, 12000, 90.5, "model_int8.onnx"),
+    ], deployed="model_int8.onnx")
+    h = headline(report)
+    assert h["deployed"] == "model_int8.onnx" and h["delta_top1"] == pytest.approx(-0.5)
+    assert h["vs_teacher"]["batch1_speedup"] == pytest.approx(2.0) and h["vs_teacher"]["batch64_speedup"] == pytest.approx(3.0)
+    assert h["vs_teacher_ort_fp32"] == h["vs_teacher"]  # on ort-cpu the teacher's figures are ORT FP32
+    assert [s["stage"] for s in h["slower_stages"]] == ["01_prune"] and h["slower_stages"][0]["input"] == "teacher"
+    report.headline = h
+    md = render_markdown(report)
+    assert md.index("## Headline (ort-cpu)") < md.index("`model_int8.onnx` (deployed): test top-1 90.50 % (-0.50 pt")
+    assert md.index("## Headline (ort-cpu)") < md.index("| stage |") < md.index("\n\nDeployed artifact")
+    assert "| the teacher on ort-cpu | 2.00× | 3.00× |" in md and "**Slower than its input:** 01_prune" in md
+    assert Report.from_dict(json.loads(json.dumps(report.to_dict()))).headline == h
+    # Another target reads its own figures; the common baseline stays the teacher's ORT FP32.
+    report.recipe = {"targets": ["ort-cpu", "openvino-cpu"]}
+    for s in report.stages:
+        s.latency = {"openvino-cpu": {"p50_b1_ms": s.latency_b1_p50_ms / 2, "img_s_b64": s.throughput_b64_img_s * 2}}
+    ov = headline(report, "openvino-cpu")
+    assert ov["vs_teacher"]["batch64_speedup"] == pytest.approx(3.0)
+    assert ov["vs_teacher_ort_fp32"]["batch64_speedup"] == pytest.approx(6.0)
+
+
+def test_profile_times_the_widths_the_prune_pass_may_choose(cli, stair_target, teacher):
+    shapes = profile_shapes(teacher, SHAPE, "inner", width_step=8)
+    inner_couts = sorted({s.cout for s in shapes if s.kind == "conv" and s.cout not in (16, 32, 64)})
+    assert inner_couts == [8, 24, 40, 48, 56]
+    code, out, err = cli("profile", "--model", "cifar_resnet20", "--width-step", "8", "--batch", "1,64", "--quiet")
+    assert code == 0, err
+    assert f"{len(shapes)} layer shapes of cifar_resnet20" in out and f"{len(shapes) + 1} timed now" in out
+    assert "offset +0.100 ms" in out
+    code, out, _ = cli("profile", "--model", "cifar_resnet20", "--width-step", "8", "--batch", "1,64", "--quiet")
+    assert code == 0 and "0 timed now" in out
+    code, _, err = cli("profile", "--model", "cifar_resnet20", "--target", "nowhere")
+    assert code == 2 and "latency target 'nowhere' is not available" in err
+
+
+def test_a_second_runtime_plugs_in_with_its_own_table(cli, stair_target, monkeypatch, tmp_path):
+    """The hook OpenVINO's CPU runtime will use: an entry of TARGETS, with its own fingerprint and table."""
+    from compressor.runtime import latency_targets
+
+    other = StairTarget(tag="other-runtime")
+    other.name = "openvino-cpu"
+    monkeypatch.setitem(latency_targets.TARGETS, "openvino-cpu", lambda threads=2: other)
+    code, out, err = cli("profile", "--model", "cifar_resnet20", "--target", "openvino-cpu", "--width-step", "16",
+                         "--quiet")
+    assert code == 0 and other.layers_timed > 0 and stair_target.layers_timed == 0, err
+    assert "openvino-cpu-" in out.splitlines()[-1]  # the table file is named after the runtime
+
+
+@pytest.mark.parametrize("shape", [
+    LayerShape("conv", 3, 16, 32, 32, 3, 1, 1, act="relu"), LayerShape("conv", 13, 16, 16, 16, 3, 1, 1),
+    LayerShape("add", 16, 16, 32, 32, act="relu"), LayerShape("shortcut", 16, 32, 32, 32, stride=2),
+    LayerShape("pool", 64, 64, 8, 8), LayerShape("linear", 64, 10)])
+def test_single_layer_models_run_in_their_deployed_form(shape):
+    target = OrtCpuTarget()
+    for precision in ("fp32", "int8"):
+        model = target.layer_model(shape, precision)
+        onnx.checker.check_model(model)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        types = {i.type for i in sess.get_inputs()}
+        assert types == ({"tensor(uint8)"} if precision == "int8" else {"tensor(float)"})
+        feeds = {i.name: np.zeros([2, *i.shape[1:]], np.uint8 if precision == "int8" else np.float32)
+                 for i in sess.get_inputs()}
+        (out,) = sess.run(None, feeds)
+        expected = (2, shape.cout, *shape.out_hw) if shape.kind not in ("pool", "linear") else (2, shape.cout)
+        assert out.shape == expected and (precision == "fp32" or out.dtype == np.uint8)
