@@ -215,7 +215,7 @@ class N2NSearch:
             latency = latency_model(config.target, config.deploy_precision, config.latency_batch, config.threads,
                                     ctx.progress, ctx.openvino_precision)
             parent_ms = latency.calibrate(parent, self.input_shape)
-            fp32, own = latency.against_fp32((parent, parent), self.input_shape)
+            fp32, own = latency.fp32_gain(parent, self.input_shape)
             baseline = parent_ms * fp32 / own  # the parent's FP32 latency in the prediction's units
         self.evaluator = StudentEvaluator(parent, self.table, ctx.teacher, ctx.splits.finetune.subset(np.sort(subset)),
                                           ctx.preprocess, ctx.splits.validation, self.input_shape, finetune, ctx.seed,

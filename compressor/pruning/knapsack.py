@@ -108,7 +108,7 @@ class LatencyPlanner:
         self.input_shape = tuple(input_shape)
         self.start_ms = self.latency.calibrate(model, self.input_shape)
         self.model = copy.deepcopy(model)  # the input, kept for the final measurement (the pruner edits in place)
-        self.baseline_ms, self.input_ms = self.latency.against_fp32((self.model, self.model), self.input_shape)
+        self.baseline_ms, self.input_ms = self.latency.fp32_gain(self.model, self.input_shape)
 
     @property
     def gain(self) -> float:

@@ -315,12 +315,22 @@ class LatencyModel:
                                                   tuple(input_shape), [self.batch], rounds)
         return fp32[self.batch], own[self.batch]
 
+    def fp32_gain(self, model: nn.Module, input_shape: tuple[int, ...]) -> tuple[float, float]:
+        """``against_fp32((model, model))``, measured once per machine, target and architecture and kept in the
+        table like the offsets: a decision taken from it (the prune budget, N2N's baseline) is then the same in
+        every run on this machine, so the same recipe and seed give the same model."""
+        key = f"{self.precision}|b{self.batch}|{_digest(model, input_shape)}"
+        if f"fp32|{key}" not in self.table.offsets:
+            fp32, own = self.against_fp32((model, model), input_shape)
+            self.table.offsets[f"fp32|{key}"], self.table.offsets[f"own|{key}"] = fp32, own
+            self.table.save()
+        return self.table.offsets[f"fp32|{key}"], self.table.offsets[f"own|{key}"]
+
     def calibrate(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
         """Measure ``model`` whole and set ``offset`` so that its prediction equals the measurement (cached in the
         table per architecture, so a second pass over the same model measures nothing). Returns the measurement."""
         shapes = [layer.shape for layer in describe(model, input_shape)]
-        digest = hashlib.sha256(json.dumps([s.key() for s in shapes]).encode()).hexdigest()[:16]
-        key = f"{self.precision}|b{self.batch}|{digest}"
+        key = f"{self.precision}|b{self.batch}|{_digest(model, input_shape)}"
         self.offset = 0.0
         if key not in self.table.offsets:
             measured = self.measure_model(model, input_shape)
@@ -328,6 +338,12 @@ class LatencyModel:
             self.table.save()
         self.offset = self.table.offsets[key]
         return self.predict_shapes(shapes)
+
+
+def _digest(model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    """The architecture as the latency model sees it: its layer shapes."""
+    shapes = [layer.shape.key() for layer in describe(model, input_shape)]
+    return hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
 
 
 def latency_model(target: str | LatencyTarget, precision: str = "int8", batch: int = 64, threads: int = 2,
