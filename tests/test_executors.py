@@ -288,7 +288,7 @@ def test_ray_cluster_joined_by_address(ray_cluster, tmp_path, monkeypatch):
 
 
 def _landscape(config: QuantConfig) -> float:
-    score = {"max": 90.0, "entropy": 90.6, "percentile": 90.4}[config.clipping] + 0.5 * (config.granularity == "per_channel")
+    score = {"max": 90.0, "entropy": 90.6, "percentile": 90.4, "mse": 90.5}[config.clipping] + 0.5 * (config.granularity == "per_channel")
     return score + {"asymmetric": 0.3, "symmetric": -1.0, "symmetric_uint8": 0.2, "power_of_two": -0.5}[config.scheme]
 
 

@@ -190,7 +190,8 @@ def _evaluate_task(problem: QuantProblem, config: QuantConfig) -> np.ndarray:
 def top1_onnx(model: onnx.ModelProto | str, split: Split, preprocess: Preprocess, batch: int = 250,
               target: str = "ort-cpu", precision: str = "f32", threads: int = 0) -> float:
     """Top-1 (percent) of an ONNX model on ``split`` in the runtime of ``target``."""
-    return top1(onnx_logits(model, split, preprocess, batch, target, precision, threads), split.labels)
+    return top1(onnx_logits(model, split, preprocess, batch, target=target, precision=precision, threads=threads),
+                split.labels)
 
 
 def onnx_logits(model: onnx.ModelProto | str, split: Split, preprocess: Preprocess, batch: int = 250,
@@ -208,7 +209,7 @@ def onnx_logits(model: onnx.ModelProto | str, split: Split, preprocess: Preproce
 
 def predict_labels(model: onnx.ModelProto | str, split: Split, preprocess: Preprocess, target: str = "ort-cpu",
                    precision: str = "f32", threads: int = 0) -> np.ndarray:
-    return onnx_logits(model, split, preprocess, 250, target, precision, threads).argmax(1)
+    return onnx_logits(model, split, preprocess, 250, target=target, precision=precision, threads=threads).argmax(1)
 
 
 def key_name(key: tuple) -> str:

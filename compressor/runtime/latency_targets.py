@@ -15,6 +15,7 @@ input and the dequantize at its output are removed), as it does between two quan
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import platform
 import tempfile
@@ -346,9 +347,9 @@ def make_target(name: str, threads: int = 2, precision_hint: str = "f32") -> Lat
     """``precision_hint``: OpenVINO's hint for the float parts (openvino-cpu only)."""
     if name not in TARGETS:
         raise CompressorError(f"latency target {name!r} is not available here; choose {' | '.join(sorted(TARGETS))}")
-    if name == "openvino-cpu":
-        return TARGETS[name](threads=threads, precision_hint=precision_hint)
-    return TARGETS[name](threads=threads)
+    factory = TARGETS[name]
+    takes_hint = "precision_hint" in inspect.signature(factory).parameters
+    return factory(threads=threads, precision_hint=precision_hint) if takes_hint else factory(threads=threads)
 
 
 def fingerprint_key(fingerprint: dict[str, str]) -> str:
