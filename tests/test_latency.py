@@ -136,6 +136,18 @@ def test_target_speedup_is_reached_on_the_predicted_model_with_widths_on_the_ste
     assert any(w < 16 for w in inner.values()) and all(w % 8 == 0 for w in inner.values()), inner
 
 
+def test_a_budget_the_deployed_precision_meets_prunes_nothing(teacher, demo_splits, tmp_path, stair_target, monkeypatch):
+    """The double's INT8 runs 2.5x its FP32: asking 2x prunes nothing and skips the final fine-tune."""
+    import compressor.pruning.prune as prune_module
+
+    monkeypatch.setattr(prune_module, "distill", lambda *a, **k: pytest.fail("fine-tuned an unpruned model"))
+    ctx = _small_ctx(demo_splits, teacher, tmp_path)
+    result = Prune(PruneConfig(target_speedup=2.0, scope="inner", final_finetune_steps=50)).run(teacher, ctx)
+    lat = result.metrics["latency"]
+    assert result.metrics["removed_filters"] == 0 and lat["reached"] and lat["predicted_speedup"] >= 2.0
+    assert count_macs(result.model, SHAPE) == count_macs(teacher, SHAPE)
+
+
 def test_iterative_latency_schedule_lowers_the_prediction_step_by_step(teacher, demo_splits, tmp_path, stair_target):
     ctx = _small_ctx(demo_splits, teacher, tmp_path)
     config = PruneConfig(criterion="l1", target_speedup=4.0, scope="inner", schedule="iterative", step=0.5,

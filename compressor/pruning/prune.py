@@ -324,7 +324,9 @@ class Pruner:
                                       count_macs(model, shape)))
             if planner is not None:
                 steps[-1]["predicted_ms"] = planner.predicted(model)
-        if cfg.final_finetune_steps > 0:
+        # Nothing removed (a latency budget the deployed precision alone meets): the model is the input, and a
+        # fine-tune would only distil the teacher into itself.
+        if cfg.final_finetune_steps > 0 and removed > 0:
             distill(model, ctx.teacher, ctx.splits.finetune, ctx.preprocess, cfg.finetune(cfg.final_finetune_steps, final=True),
                     seed=ctx.seed, progress=ctx.progress, desc="prune final fine-tune")
             steps.append(self._record(model, ctx, len(steps), removed / total, count_params(model),
