@@ -2,13 +2,15 @@
 
 The target's per-layer table (built on first use and cached, like `compressor profile`) is calibrated on the
 unpruned model; then ``--variants`` random channel-pruned variants (each prunable layer of ``--scope`` kept at a
-uniform random fraction in [--min-keep, 1], random channels) are predicted from the table and timed whole, each in
-its own process. Prints per variant predicted and measured ms, and per batch size the mean absolute percentage
-error with the calibration offset (what the passes use), without it, and with a calibration factor instead of the
-offset (the alternative). No weights, no data: speed only.
+uniform random fraction in [--min-keep, 1], random channels) and ``--depth-variants`` random block-removed
+variants (N2N's removable units, 2 to all but one removed) are predicted from the table and timed whole, each in
+its own process. Prints per variant predicted and measured ms, and per batch size and kind the mean absolute
+percentage error of the calibration the passes use (an offset when the whole model runs slower than the table's
+sum, a factor when it runs faster: :meth:`LatencyModel.calibrate`), of each form alone, and without calibration.
+No weights, no data: speed only.
 
     python benchmarks/latency_model.py --model cifar_resnet56 --target ort-cpu --precision int8 --variants 20
-    python benchmarks/latency_model.py --model cifar_resnet20 --variants 2 --duration 0.05   # a quick check
+    python benchmarks/latency_model.py --model cifar_resnet20 --variants 2 --depth-variants 2 --duration 0.05
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from compressor.core.files import write_atomic
 from compressor.core.zoo import ZOO
 from compressor.graph.dependency import DependencyGraph
-from compressor.runtime.latency_model import LatencyModel, LatencyTable, describe
-from compressor.runtime.latency_targets import make_target
+from compressor.n2n.layers import Candidate, build_student, describe_layers
+from compressor.runtime.latency_model import EMPTY, LatencyModel, LatencyTable, describe
+from compressor.runtime.latency_targets import TARGETS, make_target
 
 SHAPE = (3, 32, 32)
 
@@ -46,13 +50,24 @@ def random_variant(model, rng: np.random.Generator, scope: str, min_keep: float)
     return model
 
 
+def random_depth_variant(model: nn.Module, table, rng: np.random.Generator) -> nn.Module:
+    """``model`` with a random 2 to n − 1 of its n removable units (residual blocks) removed, as N2N removes them."""
+    units = sorted({layer.unit for layer in table.layers if layer.decides})
+    k = int(rng.integers(2, len(units)))
+    chosen = [units[i] for i in sorted(rng.choice(len(units), k, replace=False))]
+    return build_student(model, table, Candidate.make(chosen), SHAPE).eval()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="cifar_resnet56", choices=sorted(ZOO))
-    p.add_argument("--target", default="ort-cpu")
+    p.add_argument("--target", default="ort-cpu", choices=sorted(TARGETS))
+    p.add_argument("--openvino-precision", default="f32", choices=("f32", "bf16", "default"),
+                   help="openvino-cpu: the precision hint for the float parts")
     p.add_argument("--precision", default="int8", choices=("int8", "fp32"))
     p.add_argument("--batches", default="1,64")
-    p.add_argument("--variants", type=int, default=20)
+    p.add_argument("--variants", type=int, default=20, help="random channel-pruned variants")
+    p.add_argument("--depth-variants", type=int, default=10, help="random block-removed variants")
     p.add_argument("--scope", default="inner", choices=("inner", "all"))
     p.add_argument("--min-keep", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=2)
@@ -63,12 +78,15 @@ def main() -> None:
     args = p.parse_args()
 
     batches = [int(b) for b in args.batches.split(",")]
-    target = make_target(args.target, args.threads)
+    target = make_target(args.target, args.threads, args.openvino_precision)
     target.duration = args.duration
     table = LatencyTable(target)
     teacher = ZOO[args.model]().eval()
     rng = np.random.default_rng(args.seed)
     variants = [teacher] + [random_variant(teacher, rng, args.scope, args.min_keep) for _ in range(args.variants)]
+    units = describe_layers(teacher, input_shape=SHAPE)
+    variants += [random_depth_variant(teacher, units, rng) for _ in range(args.depth_variants)]
+    kinds = ["unpruned"] + ["width"] * args.variants + ["depth"] * args.depth_variants
     start = time.perf_counter()
     shapes = {layer.shape for v in variants for layer in describe(v, SHAPE)}
     timed = table.measure(shapes, args.precision, batches, progress=True)
@@ -78,35 +96,41 @@ def main() -> None:
     measured: list[dict[int, float]] = []
     for i, v in enumerate(variants):
         measured.append(target.time_models([(v, args.precision)], SHAPE, batches)[0])
-        print(f"measured variant {i}/{len(variants) - 1}", flush=True)
+        print(f"measured variant {i}/{len(variants) - 1} ({kinds[i]})", flush=True)
 
     out = {"args": vars(args), "fingerprint": table.fingerprint, "table": str(table.path),
            "layers_timed_now": timed, "profile_seconds": profile_s, "batches": {}}
     for b in batches:
         lm = LatencyModel(table, args.precision, b)
-        raw = [lm.predict_shapes([layer.shape for layer in describe(v, SHAPE)]) for v in variants]
-        offset = measured[0][b] - raw[0]  # calibration on the unpruned model, as LatencyModel.calibrate does
-        rows = []
-        for i in range(len(variants)):
-            pred, meas = raw[i] + offset, measured[i][b]
-            rows.append({"variant": i, "measured_ms": meas, "predicted_ms": pred, "uncalibrated_ms": raw[i],
-                         "error_pct": 100 * (pred - meas) / meas})
-        tested = rows[1:]
-        mape = float(np.mean([abs(r["error_pct"]) for r in tested]))
-        mape_raw = float(np.mean([abs(r["uncalibrated_ms"] - r["measured_ms"]) / r["measured_ms"] * 100 for r in tested]))
-        scale = measured[0][b] / raw[0]  # the alternative calibration: a factor instead of an offset
-        mape_scaled = float(np.mean([abs(r["uncalibrated_ms"] * scale - r["measured_ms"]) / r["measured_ms"] * 100
-                                     for r in tested]))
-        out["batches"][b] = {"offset_ms": offset, "mape_pct": mape, "mape_uncalibrated_pct": mape_raw,
-                             "scale": scale, "mape_scaled_pct": mape_scaled,
-                             "max_abs_error_pct": float(max(abs(r["error_pct"]) for r in tested)), "rows": rows}
-        print(f"\n{args.target} {args.precision} batch {b}: offset {offset:+.3f} ms (measured teacher "
-              f"{measured[0][b]:.3f} ms, table sum {raw[0]:.3f} ms)")
-        print("| variant | measured ms | predicted ms | error % |\n|---|---|---|---|")
+        empty = table.get(EMPTY, args.precision, b)
+        own = [lm.cost([layer.shape for layer in describe(v, SHAPE)]) for v in variants]
+        raw = [empty + o for o in own]
+        difference = measured[0][b] - raw[0]  # as LatencyModel.calibrate, from the unpruned model
+        factor = max(own[0] + difference, 0.0) / own[0]
+        forms = {"offset": [r + difference for r in raw], "factor": [empty + factor * o for o in own],
+                 "uncalibrated": raw}
+        forms["deployed"] = forms["offset"] if difference >= 0 else forms["factor"]
+        rows = [{"variant": i, "kind": kinds[i], "measured_ms": measured[i][b],
+                 **{f"{k}_ms": v[i] for k, v in forms.items()},
+                 "error_pct": 100 * (forms["deployed"][i] - measured[i][b]) / measured[i][b]} for i in range(len(variants))]
+        summary = {}
+        for kind in ("width", "depth"):
+            tested = [r for r in rows if r["kind"] == kind]
+            if tested:
+                summary[kind] = {f"mape_{k}_pct": float(np.mean([abs(r[f"{k}_ms"] - r["measured_ms"]) / r["measured_ms"] * 100
+                                                                 for r in tested])) for k in forms}
+                summary[kind]["max_abs_error_pct"] = float(max(abs(r["error_pct"]) for r in tested))
+        out["batches"][b] = {"difference_ms": difference, "factor": factor,
+                             "form": "offset" if difference >= 0 else "factor", "by_kind": summary, "rows": rows}
+        print(f"\n{args.target} {args.precision} batch {b}: measured unpruned {measured[0][b]:.3f} ms, table sum "
+              f"{raw[0]:.3f} ms: calibrated by {'an offset' if difference >= 0 else f'a factor x{factor:.3f}'}")
+        print("| variant | kind | measured ms | predicted ms | error % |\n|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['variant']} | {r['measured_ms']:.3f} | {r['predicted_ms']:.3f} | {r['error_pct']:+.1f} |")
-        print(f"mean absolute error over {len(tested)} variants: {mape:.1f} % (without the offset {mape_raw:.1f} %, "
-              f"with a factor x{scale:.3f} instead {mape_scaled:.1f} %), max {out['batches'][b]['max_abs_error_pct']:.1f} %")
+            print(f"| {r['variant']} | {r['kind']} | {r['measured_ms']:.3f} | {r['deployed_ms']:.3f} | {r['error_pct']:+.1f} |")
+        for kind, m in summary.items():
+            print(f"{kind} variants: mean absolute error {m['mape_deployed_pct']:.1f} % (max {m['max_abs_error_pct']:.1f} %); "
+                  f"offset alone {m['mape_offset_pct']:.1f} %, factor alone {m['mape_factor_pct']:.1f} %, "
+                  f"uncalibrated {m['mape_uncalibrated_pct']:.1f} %")
     print(f"\nlayer shapes timed in this run: {timed} ({profile_s:.0f} s); table {table.path}")
     if args.json:
         write_atomic(Path(args.json), json.dumps(out, indent=2))

@@ -47,7 +47,7 @@ from compressor.core.data import Preprocess, load_dataset, make_splits  # noqa: 
 from compressor.graph.fusion import fold_batchnorm  # noqa: E402
 from compressor.quant import qdq  # noqa: E402
 from compressor.quant.problem import QuantProblem, top1_onnx  # noqa: E402
-from compressor.quant.space import QuantConfig  # noqa: E402
+from compressor.quant.space import CLIPPINGS, QuantConfig  # noqa: E402
 from compressor.runtime import openvino  # noqa: E402
 from compressor.runtime.bench import BenchSettings, Timed, measure_onnx_isolated  # noqa: E402
 from compressor.runtime.export import export_onnx  # noqa: E402
@@ -112,16 +112,18 @@ def variants(name: str, splits, work: Path, hint: str) -> dict[str, Timed]:
     return rows
 
 
-def accuracy_grid(name: str, splits) -> None:
-    fp32 = export_onnx(fold_batchnorm(load_teacher(name)), Path(tempfile.mkdtemp()) / "fp32.onnx", (3, 32, 32))
-    problem = QuantProblem(onnx.load(fp32), splits.calibration, splits.validation, Preprocess(), target="openvino-cpu")
-    fp32_top1 = top1_onnx(problem.float_model, splits.validation, Preprocess(), target="openvino-cpu")
-    print(f"\n### {name}: validation top-1 in OpenVINO (f32 hint), FP32 {fp32_top1:.2f}\n")
+def accuracy_grid(name: str, splits, hint: str) -> None:
+    with tempfile.TemporaryDirectory() as work:
+        fp32 = export_onnx(fold_batchnorm(load_teacher(name)), Path(work) / "fp32.onnx", (3, 32, 32))
+        problem = QuantProblem(onnx.load(fp32), splits.calibration, splits.validation, Preprocess(),
+                               target="openvino-cpu", precision=hint)
+    fp32_top1 = top1_onnx(problem.float_model, splits.validation, Preprocess(), target="openvino-cpu", precision=hint)
+    print(f"\n### {name}: validation top-1 in OpenVINO ({hint} hint), FP32 {fp32_top1:.2f}\n")
     print("| clipping | scheme | per-channel | per-tensor | int8 conv+fc |\n|---|---|---|---|---|")
-    for clipping in ("max", "entropy", "percentile"):
+    for clipping in CLIPPINGS:
         for scheme in ("asymmetric", "symmetric", "symmetric_uint8", "power_of_two"):
             configs = [QuantConfig(1000, clipping, scheme, g) for g in ("per_channel", "per_tensor")]
-            n8 = openvino.int8_summary(problem.build(configs[0]).SerializeToString())
+            n8 = openvino.int8_summary(problem.build(configs[0]).SerializeToString(), hint)
             # evaluate() bypasses the target's space, so power_of_two is measured although the space leaves it out
             print(f"| {clipping} | {scheme} | " + " | ".join(f"{problem.evaluate(c):.2f}" for c in configs)
                   + f" | {n8['int8_layers']}/{n8['compute_layers']} |", flush=True)
@@ -141,7 +143,7 @@ def main() -> None:
     dataset = load_dataset(args.data)
     for name in args.models:
         if args.accuracy:
-            accuracy_grid(name, make_splits(dataset, 0, validation=1000, calibration=1000))
+            accuracy_grid(name, make_splits(dataset, 0, validation=1000, calibration=1000), args.precision)
             continue
         splits = make_splits(dataset, 0, validation=200, calibration=1000)
         work = Path(tempfile.mkdtemp(prefix=f"openvino-knobs-{name}-"))

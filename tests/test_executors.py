@@ -287,6 +287,23 @@ def test_ray_cluster_joined_by_address(ray_cluster, tmp_path, monkeypatch):
     ray.shutdown()
 
 
+
+@needs_ray
+def test_shared_objects_outlive_the_local_ray_that_release_shut_down():
+    """N2N and Quantune put their shared state once, then release the executor before every timing: a local
+    instance the executor started is shut down, and the next round's tasks must still get the shared object."""
+    import ray
+
+    ray.shutdown()  # no instance to join: the executor starts (and releases) its own
+    expected = [e[:2] for e in SerialExecutor().map(scaled_sum, [(i, "") for i in range(4)], SerialExecutor().put(SHARED))]
+    with make_executor(ExecutorConfig(kind="ray", workers=2)) as ex:
+        shared = ex.put(SHARED)
+        assert [g[:2] for g in ex.map(scaled_sum, [(i, "") for i in range(4)], shared)] == expected
+        ex.release()
+        assert not ray.is_initialized()
+        assert [g[:2] for g in ex.map(scaled_sum, [(i, "") for i in range(4)], shared)] == expected
+    assert not ray.is_initialized()
+
 def _landscape(config: QuantConfig) -> float:
     score = {"max": 90.0, "entropy": 90.6, "percentile": 90.4, "mse": 90.5}[config.clipping] + 0.5 * (config.granularity == "per_channel")
     return score + {"asymmetric": 0.3, "symmetric": -1.0, "symmetric_uint8": 0.2, "power_of_two": -0.5}[config.scheme]

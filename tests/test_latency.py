@@ -18,7 +18,7 @@ import pytest
 from compressor.core.data import Preprocess
 from compressor.core.metrics import count_macs
 from compressor.graph.dependency import DependencyGraph
-from compressor.n2n.layers import Measurement
+from compressor.n2n.layers import Candidate, Measurement, build_student, describe_layers
 from compressor.n2n.reward import RewardFunction
 from compressor.n2n.search import N2NConfig, N2NSearch
 from compressor.passes.base import Context
@@ -79,6 +79,34 @@ def test_prediction_is_the_sum_of_entries_plus_the_calibrated_offset(teacher, tm
     assert target.models_timed == calls and other.offset == pytest.approx(lm.offset)
     assert other.predict(variant, SHAPE) == pytest.approx(target.time_model(variant, SHAPE, "int8", [64])[64])
 
+
+
+class FusingTarget(StairTarget):
+    """A runtime that fuses across layers: a whole model costs a fixed share of its layers' summed own costs."""
+
+    SHARE = 0.4
+
+    def time_model(self, model, input_shape, precision, batches):
+        shapes = [layer.shape for layer in describe(model, tuple(input_shape))]
+        return {b: self.EMPTY_MS + self.SHARE * sum(self.own_ms(s, precision, b) for s in shapes) for b in batches}
+
+
+def test_a_model_faster_than_its_layer_sum_is_calibrated_by_a_factor_not_a_negative_offset(teacher, tmp_path):
+    """With a negative offset a student with half the blocks would be predicted near zero (or below); the factor
+    predicts a fusing runtime's block-removed and channel-pruned variants exactly."""
+    target = FusingTarget()
+    lm = LatencyModel(LatencyTable(target, tmp_path / "t.json"), "int8", 64)
+    measured = lm.calibrate(teacher, SHAPE)
+    assert measured == pytest.approx(target.time_model(teacher, SHAPE, "int8", [64])[64])
+    assert lm.offset == 0 and lm.scale == pytest.approx(FusingTarget.SHARE)
+    table = describe_layers(teacher, input_shape=SHAPE)
+    units = sorted({layer.unit for layer in table.layers if layer.decides})
+    shallow = build_student(teacher, table, Candidate.make(units[: len(units) - 1]), SHAPE)
+    pruned = DependencyGraph(teacher, SHAPE)
+    narrow = pruned.prune([g for g in pruned.groups() if not g.residual][::3], copy.deepcopy(teacher))
+    for variant in (shallow, narrow):
+        assert lm.predict(variant, SHAPE) == pytest.approx(target.time_model(variant, SHAPE, "int8", [64])[64])
+    assert 0 < lm.predict(shallow, SHAPE) < measured / 4
 
 def _relevance_only(values, costs, budget):
     """Latency-blind baseline: per layer, options are 'keep the top j'; drop the least valuable single channel

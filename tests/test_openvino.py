@@ -196,6 +196,17 @@ def test_missing_openvino_is_one_line(monkeypatch, tmp_path, cli, fp32_onnx):
     assert not (tmp_path / "out").exists()
 
 
+
+def test_a_model_openvino_cannot_read_is_one_line_with_its_cause(tmp_path):
+    """OpenVINO's messages open with source-location lines; the error keeps the cause and names a fix."""
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    with pytest.raises(CompressorError) as info:
+        openvino.compile_model(broken, 1, "f32")
+    message = str(info.value)
+    assert message.startswith("OpenVINO could not compile broken.onnx: ") and "\n" not in message
+    assert "Exception from" not in message and "ort-cpu" in message
+
 def test_pipeline_times_each_target_and_exports_checked_int8_ir(tmp_path, monkeypatch):
     def fast_int8(models, images, batch, threads, progress, backend="onnxruntime-cpu", precision="f32"):
         return {k: Latency(0.5, 3000.0, batch, (2900.0, 3100.0), (0.48, 0.52)) if k == "fp32"

@@ -72,6 +72,23 @@ def test_resume_skips_intact_stages(finished_run):
     assert stage.stat().st_size > 1000
 
 
+
+def test_resume_remeasures_reused_stages_under_new_targets_and_bench(finished_run, tmp_path):
+    """Targets, the OpenVINO hint and bench settings are not part of a stage's key: a reused stage keeps its model
+    but is measured again, so the report never shows figures taken under other settings."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run[0], out)
+    recipe = demo_recipe(targets=["ort-cpu", "openvino-cpu"], bench={**FAST_BENCH, "enabled": False})
+    report = compressor.compress(recipe, out, resume=True, progress=False)
+    folded = report.stages[1]
+    assert folded.details.get("resumed") is True
+    assert folded.runtime_top1["openvino-cpu"] == pytest.approx(folded.top1, abs=0.2)  # OpenVINO f32 on the same file
+    assert folded.latency == {} and folded.latency_b1_p50_ms is None and folded.throughput_b64_img_s is None
+    again = compressor.compress(recipe, out, resume=True, progress=False).stages[1]
+    assert again.details.get("resumed") is True and again.runtime_top1 == folded.runtime_top1
+
 def test_check_gate_exit_codes(finished_run, cli):
     out, _ = finished_run
     code, stdout, _ = cli("check", out / "report.json", "--max-accuracy-drop", "0.5", "--max-size-mb", "50")

@@ -52,6 +52,13 @@ def test_recipe_errors_name_key_path():
         parse_recipe({"targets": ["openvino-cpu", "openvino-cpu"]})
     with pytest.raises(CompressorError, match=r"openvino.precision is 'fp16'; choose f32 \| bf16 \| default"):
         parse_recipe({"openvino": {"precision": "fp16"}})
+    # Options that would be silently ignored by the chosen prune target are refused.
+    with pytest.raises(CompressorError, match=r"round_to and global_ranking do not apply with target_speedup"):
+        parse_recipe({"passes": [{"prune": {"target_speedup": 2.0, "round_to": 8}}]})
+    with pytest.raises(CompressorError, match=r"round_to and global_ranking do not apply with target_speedup"):
+        parse_recipe({"passes": [{"prune": {"target_speedup": 2.0, "global_ranking": False}}]})
+    with pytest.raises(CompressorError, match=r"width_step applies only with target_speedup; remove it or use round_to"):
+        parse_recipe({"passes": [{"prune": {"target_ratio": 0.3, "width_step": 4}}]})
 
 
 @pytest.mark.parametrize(("recipe", "message"), [

@@ -47,6 +47,14 @@ def _run(fn: Callable[[Any, Any], Any], box: list, task: Any, threads: int) -> A
     return fn(shared, task)
 
 
+class _Shared:
+    """A shared object in Ray's store, kept with the object itself so that it can be put again into a local
+    instance started after ``release`` shut the first one down (its references died with it)."""
+
+    def __init__(self, obj: Any, ref: Any, instance: int) -> None:
+        self.obj, self.ref, self.instance = obj, ref, instance
+
+
 class RayExecutor:
     """Tasks on Ray: ``address`` "" starts a local instance (or joins ``RAY_ADDRESS``), ``ray://host:port`` connects
     through Ray Client, ``host:port`` joins a head node directly."""
@@ -57,6 +65,7 @@ class RayExecutor:
         self.address, self.workers, self.threads, self.retries = address, workers, threads, retries
         self._started_local = False
         self._remote = None
+        self._instance = 0  # counts the local instances this executor shut down
 
     def _connect(self) -> Any:
         ray = _import_ray()
@@ -82,8 +91,8 @@ class RayExecutor:
                                   "(token or disabled)") from None
         return ray
 
-    def put(self, obj: Any) -> Any:
-        return self._connect().put(obj)
+    def put(self, obj: Any) -> _Shared:
+        return _Shared(obj, self._connect().put(obj), self._instance)
 
     def map(self, fn: Callable[[Any, Any], Any], tasks: Sequence[Any], shared: Any = None,
             names: Sequence[str] | None = None) -> list[Any]:
@@ -92,7 +101,9 @@ class RayExecutor:
         if self._remote is None:
             self._remote = ray.remote(_run)
         remote = self._remote.options(num_cpus=self.threads, max_retries=self.retries, retry_exceptions=False)
-        box = [] if shared is None else [shared]
+        if shared is not None and shared.instance != self._instance:
+            shared.ref, shared.instance = ray.put(shared.obj), self._instance
+        box = [] if shared is None else [shared.ref]
         refs = [remote.remote(fn, box, task, self.threads) for task in tasks]
         index = {ref: i for i, ref in enumerate(refs)}
         pending = list(refs)
@@ -110,7 +121,8 @@ class RayExecutor:
                 for ref in pending:
                     ray.cancel(ref, force=True)
                 raise CompressorError(f"{names[index[done[0]]]}: its Ray worker failed {self.retries + 1} times "
-                                      f"({type(exc).__name__}); a killed worker usually means out of memory") from None
+                                      f"({type(exc).__name__}); a killed worker usually means out of memory: lower --workers "
+                                      "or the executor's threads") from None
         return ray.get(refs)
 
     def release(self) -> None:
@@ -119,6 +131,7 @@ class RayExecutor:
             _import_ray().shutdown()
             self._started_local = False
             self._remote = None
+            self._instance += 1
 
     def close(self) -> None:
         self.release()

@@ -205,7 +205,8 @@ class N2NSearch:
         self.measurements: dict[str, Measurement] = {}
         self.evaluations, self.resumed = 0, False
         self.fingerprint = config.search_fingerprint(
-            ctx.seed, [astuple(layer) for layer in self.table.layers], count_params(parent))
+            ctx.seed, [astuple(layer) for layer in self.table.layers], count_params(parent),
+            ctx.executor.threads)
         subset = np.random.default_rng(ctx.seed).permutation(len(ctx.splits.finetune))[: config.subset_size]
         finetune = FinetuneConfig(steps=config.student_steps, batch_size=config.student_batch_size, lr=config.student_lr,
                                   kd_loss=config.kd_loss, ce_weight=config.ce_weight, tune_mode=False, bn=config.bn,

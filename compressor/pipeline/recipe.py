@@ -94,7 +94,7 @@ class Recipe:
     bench: BenchSection = field(default_factory=BenchSection)
     budget: BudgetSection = field(default_factory=BudgetSection)
     seed: int = param(0, ge=0)
-    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where candidates run; never changes results
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where candidates run; only its threads change results
 
     def check(self) -> str | None:
         if not self.targets or len(set(self.targets)) != len(self.targets):

@@ -75,7 +75,9 @@ def recipe_prefix(recipe: Recipe, upto: int) -> dict:
     d = to_dict(recipe)
     model = {k: v for k, v in d["model"].items() if k != "weights"}
     data = {k: v for k, v in d["data"].items() if k != "path"}
-    key = {"model": model, "data": data, "seed": d["seed"], "passes": d["passes"][:upto]}
+    # Tasks' intra-op threads change float sums (students' weights); the executor kind and worker count do not.
+    key = {"model": model, "data": data, "seed": d["seed"], "passes": d["passes"][:upto],
+           "task_threads": d["executor"]["threads"]}
     if any(getattr(p.config, "target", None) == "openvino-cpu" for p in recipe.passes[:upto]):
         key["openvino"] = d["openvino"]  # the hint its candidates were scored and timed with
     return key
@@ -147,6 +149,24 @@ class Pipeline:
             record.runtime_top1["openvino-cpu"] = top1(ov, test.labels)
         if self.recipe.bench.enabled:
             self._time(record, onnx_path, self.recipe.targets)
+        record.details["measured_with"] = self._measured_with()
+
+    def _measured_with(self) -> dict:
+        """The settings a stage's runtime accuracy and timings depend on but its stage key does not."""
+        d = to_dict(self.recipe)
+        return {"targets": d["targets"], "openvino": d["openvino"], "bench": d["bench"]}
+
+    def _remeasure(self, record: StageRecord) -> None:
+        """A reused stage's OpenVINO accuracy and timings again, under this run's targets, hint and bench settings."""
+        path = self.out_dir / record.onnx_path
+        record.runtime_top1.pop("openvino-cpu", None)
+        record.latency, record.latency_b1_p50_ms, record.throughput_b64_img_s = {}, None, None
+        record.details.pop("bench", None)
+        if "openvino-cpu" in self.recipe.targets:
+            record.runtime_top1["openvino-cpu"] = top1(self._predict(path, "openvino-cpu"), self.splits.test.labels)
+        if self.recipe.bench.enabled:
+            self._time(record, path, self.recipe.targets)
+        record.details["measured_with"] = self._measured_with()
 
     def _time(self, record: StageRecord, path: Path, targets: list[str]) -> None:
         """Per target: p50 at batch 1 and img/s at batch 64; the recipe's first target fills the gated columns."""
@@ -299,6 +319,10 @@ class Pipeline:
             if reused is not None:
                 model, rec, entry = reused
                 rec.details["resumed"] = True
+                if rec.details.get("measured_with") != self._measured_with():
+                    self.log(f"resume: re-measuring {name}'s runtime accuracy and speed (targets, openvino or bench "
+                             "settings changed)")
+                    self._remeasure(rec)
                 report.stages.append(rec)
                 manifest.stages = done + [entry] + (prev.stages[i:] if prev is not None else [])
                 manifest.save(self.out_dir)
@@ -366,6 +390,7 @@ class Pipeline:
                 deployed, deployed_precision = int8_path, q.artifact["precision"]
         if "openvino" in r.export:
             report.stages.append(self._export_openvino(model, deployed, deployed_precision, teacher_logits, teacher_top1))
+            finals += ["model.xml", "model.bin"]
         if "tensorrt" in r.export:
             from compressor.runtime.tensorrt import build_engine
 
@@ -374,7 +399,8 @@ class Pipeline:
             finals.append(engine.name)
             report.stages.append(StageRecord("export_tensorrt", "export", details={"engine": engine.name, "precision": precision}))
         report.deployed = deployed.name
-        # The headline is on the deployed artifact's own target when the recipe times it, else its first target.
+        # The headline is on the target the recipe's quantize pass chose for (also when its fallback deployed FP32
+        # there) when the recipe times it, else on its first target.
         made_for = next((s.artifact["target"] for s in reversed(report.stages) if s.artifact), None)
         report.headline = headline(report, made_for if made_for in r.targets else r.targets[0])
         report.gate = evaluate_gate(report, r.budget)

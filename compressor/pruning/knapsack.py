@@ -144,7 +144,8 @@ class LatencyPlanner:
                budget_ms: float) -> list[Group]:
         """The groups to remove so that the predicted model fits ``budget_ms`` with the most importance kept; the
         knapsack's budget is tightened until the exact prediction of the pruned model fits (coupled layers make
-        per-layer costs approximate). When no choice fits, the cheapest widths allowed."""
+        per-layer costs approximate). When the room left falls to the cheapest widths allowed, those; after 12
+        tightenings, the last (tightest) choice, whose miss ``record`` reports as not reached."""
         layers = describe(model, self.input_shape)
         plans = self.options(model, groups, scores, floors, layers)
         now = self.latency.predict_shapes([layer.shape for layer in layers])

@@ -101,6 +101,11 @@ class PruneConfig:
     def check(self) -> str | None:
         if self.target_speedup is not None and self.target_macs_reduction is not None:
             return "prune: set target_speedup or target_macs_reduction, not both"
+        if self.target_speedup is not None and (self.round_to > 1 or not self.global_ranking):
+            return ("prune: round_to and global_ranking do not apply with target_speedup (the knapsack ranks globally "
+                    "and picks widths from the latency table); remove them or use width_step")
+        if self.target_speedup is None and self.width_step > 1:
+            return "prune: width_step applies only with target_speedup; remove it or use round_to"
         return precision_problem(self.precision)
 
     @property
@@ -324,8 +329,8 @@ class Pruner:
                                       count_macs(model, shape)))
             if planner is not None:
                 steps[-1]["predicted_ms"] = planner.predicted(model)
-        # Nothing removed (a latency budget the deployed precision alone meets): the model is the input, and a
-        # fine-tune would only distil the teacher into itself.
+        # Nothing removed (a latency budget the deployed precision alone meets): the model is the pass's input,
+        # which a fine-tune could only move away from what it was trained to be.
         if cfg.final_finetune_steps > 0 and removed > 0:
             distill(model, ctx.teacher, ctx.splits.finetune, ctx.preprocess, cfg.finetune(cfg.final_finetune_steps, final=True),
                     seed=ctx.seed, progress=ctx.progress, desc="prune final fine-tune")

@@ -171,7 +171,7 @@ def equalize(model: onnx.ModelProto, max_sweeps: int = 100, tol: float = 1e-6) -
         report.sweeps = sweep
         if largest < tol:
             break
-    for name in touched:
+    for name in sorted(touched):  # set order varies between processes; appended initializers must not
         node = nodes[name]
         set_initializer(out, node, 1, w[name].astype(np.float32), "equalized")
         if len(node.input) > 2 and node.input[2]:  # a bias-free conv stays bias-free: scaling keeps zeros zero

@@ -12,7 +12,8 @@ stopping rules (evaluation budget, time budget, accuracy target), so all strateg
 budget. A round's configurations are evaluated together (in parallel under a parallel executor) and the XGBoost
 model is refit between rounds, as AutoTVM's XGBTuner measures a planned batch between refits (Chen et al.,
 "Learning to Optimize Tensor Programs", NeurIPS 2018). ``batch`` 1 is Quantune's one-at-a-time loop. The batch is a
-setting of the search, never the number of workers, so the trajectory does not depend on where it runs.
+setting of the search, never the number of workers, so under an evaluation budget the trajectory does not depend
+on where it runs (a time budget, ``max_seconds``, ends after as many rounds as the executor finished).
 """
 
 from __future__ import annotations

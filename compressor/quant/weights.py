@@ -63,7 +63,8 @@ class WeightTable:
 
 
 def read_grids(qdq: onnx.ModelProto) -> dict[str, Grid]:
-    """The int8 weight grid of every Conv / Gemm whose weight is a DequantizeLinear of an initializer."""
+    """The int8 weight grid of every 2-D Conv / Gemm whose weight is a DequantizeLinear of an initializer and
+    that :func:`torch_layer` can run; other layers keep nearest rounding and no bias correction."""
     producers, _, inits = graph_index(qdq)
     out = {}
     for node in qdq.graph.node:
@@ -73,7 +74,7 @@ def read_grids(qdq: onnx.ModelProto) -> dict[str, Grid]:
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
             continue
         q = numpy_helper.to_array(inits[dq.input[0]])
-        if q.dtype != np.int8:
+        if q.dtype != np.int8 or not _runs_in_torch(node, q):
             continue
         scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
         shape = [1] * q.ndim
@@ -81,6 +82,12 @@ def read_grids(qdq: onnx.ModelProto) -> dict[str, Grid]:
             shape[attribute(dq, "axis", 1)] = -1
         out[node.name] = Grid(q, scale.reshape(shape), dq.input[0])
     return out
+
+
+def _runs_in_torch(node: onnx.NodeProto, weight: np.ndarray) -> bool:
+    if node.op_type == "Gemm":
+        return weight.ndim == 2 and not attribute(node, "transA", 0)
+    return weight.ndim == 4 and attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
 
 
 def torch_layer(node: onnx.NodeProto, bias: np.ndarray | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

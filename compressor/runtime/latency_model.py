@@ -7,10 +7,14 @@ in and timed on the target (:mod:`compressor.runtime.latency_targets`), once per
 thread count. The table lives in ``$COMPRESSOR_CACHE/latency/`` (default ``~/.cache/compressor``), is written
 atomically after every entry and so survives an interrupted profile, which continues where it stopped.
 
-A whole model is predicted as ``empty + Σ (layer − empty) + offset``: ``empty`` is the cost of one inference call
-on a graph that does nothing (every single-layer measurement pays it once, the model pays it once); ``offset``
-is what the sum misses on a whole model of the same architecture (input quantization, layout changes between
-layers, ops the table does not model), measured once on the unpruned model (:meth:`LatencyModel.calibrate`).
+A whole model is predicted as ``empty + scale · Σ (layer − empty) + offset``: ``empty`` is the cost of one inference
+call on a graph that does nothing (every single-layer measurement pays it once, the model pays it once). The
+unpruned model of each architecture is measured whole once (:meth:`LatencyModel.calibrate`). When it runs slower
+than the sum, the difference is work the table does not see (input quantization, layout changes between layers,
+ops it does not model) and becomes ``offset`` (``scale`` 1). When it runs faster, the runtime fuses across layers
+(requantization and residual additions into convolutions, no layer-boundary traffic) and the table over-counts
+every layer: ``scale`` is the measured share of the sum (``offset`` 0). A constant negative offset there would
+predict near-zero or negative latencies for models with fewer layers (N2N students).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ class Layer:
     """A layer of a described model: its shape and where its channel counts come from when channels are removed.
 
     ``cin_refs`` / ``cout_refs``: the group members that shrink the input / output channel count, one channel per
-    removed member of that kind in that module (see :func:`shapes_after`)."""
+    removed member of that kind in that module (see :func:`shape_after`)."""
 
     name: str
     shape: LayerShape
@@ -112,10 +116,17 @@ _DESCRIBED: dict[tuple, list[Layer]] = {}
 
 
 def _signature(model: nn.Module, input_shape: tuple[int, ...]) -> tuple:
-    """What :func:`describe` depends on: every module's type, parameter shapes and shortcut padding."""
+    """What :func:`describe` depends on: every module's type, parameter shapes, convolution geometry and shortcut
+    padding."""
+    def geometry(m: nn.Module) -> tuple | None:
+        if isinstance(m, ChannelPadShortcut):
+            return (m.stride, m.left, m.right)
+        if isinstance(m, nn.Conv2d):
+            return (m.stride, m.padding, m.dilation, m.groups)
+        return None
+
     return (type(model).__qualname__, tuple(input_shape), tuple(
-        (name, type(m).__name__, tuple(tuple(p.shape) for p in m.parameters(recurse=False)),
-         (m.stride, m.left, m.right) if isinstance(m, ChannelPadShortcut) else None)
+        (name, type(m).__name__, tuple(tuple(p.shape) for p in m.parameters(recurse=False)), geometry(m))
         for name, m in model.named_modules()))
 
 
@@ -201,10 +212,6 @@ def shape_after(layer: Layer, removed: Counter) -> LayerShape:
     return replace(s, cin=cin, cout=cout, groups=groups)
 
 
-def shapes_after(layers: list[Layer], removed: Counter) -> list[LayerShape]:
-    return [shape_after(layer, removed) for layer in layers]
-
-
 class LatencyTable:
     """Measured latencies (ms, median) of layer shapes on one target, keyed by precision, batch and shape, stored
     in one JSON file per target fingerprint; ``measure`` fills missing entries and saves after each one."""
@@ -278,6 +285,7 @@ class LatencyModel:
     batch: int = 64
     progress: bool = False
     offset: float = 0.0
+    scale: float = 1.0
 
     def layer_ms(self, shapes: list[LayerShape]) -> list[float]:
         """Each shape's own cost (its measurement less the empty call, never below 0), timing missing ones."""
@@ -293,9 +301,9 @@ class LatencyModel:
         return sum(cache[s] for s in shapes)
 
     def predict_shapes(self, shapes: list[LayerShape]) -> float:
-        """Whole-model latency of a model made of ``shapes`` (ms): empty call + own costs + offset."""
+        """Whole-model latency of a model made of ``shapes`` (ms): empty call + scaled own costs + offset."""
         self.table.measure([], self.precision, [self.batch], self.progress)
-        return self.table.get(EMPTY, self.precision, self.batch) + self.cost(shapes) + self.offset
+        return self.table.get(EMPTY, self.precision, self.batch) + self.scale * self.cost(shapes) + self.offset
 
     def predict(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
         return self.predict_shapes([layer.shape for layer in describe(model, input_shape)])
@@ -327,16 +335,21 @@ class LatencyModel:
         return self.table.offsets[f"fp32|{key}"], self.table.offsets[f"own|{key}"]
 
     def calibrate(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
-        """Measure ``model`` whole and set ``offset`` so that its prediction equals the measurement (cached in the
-        table per architecture, so a second pass over the same model measures nothing). Returns the measurement."""
+        """Measure ``model`` whole and set ``offset`` or ``scale`` (module docstring) so that its prediction equals
+        the measurement. The difference from the table's sum is cached in the table per architecture, so a second
+        pass over the same model measures nothing. Returns the measurement."""
         shapes = [layer.shape for layer in describe(model, input_shape)]
         key = f"{self.precision}|b{self.batch}|{_digest(model, input_shape)}"
-        self.offset = 0.0
+        self.offset, self.scale = 0.0, 1.0
         if key not in self.table.offsets:
             measured = self.measure_model(model, input_shape)
             self.table.offsets[key] = measured - self.predict_shapes(shapes)
             self.table.save()
-        self.offset = self.table.offsets[key]
+        difference, own = self.table.offsets[key], self.cost(shapes)
+        if difference >= 0 or own <= 0:
+            self.offset = difference
+        else:
+            self.scale = max(own + difference, 0.0) / own
         return self.predict_shapes(shapes)
 
 

@@ -2,11 +2,12 @@
 
 A :class:`LatencyTarget` knows three things about a runtime: a fingerprint of what makes its timings valid (machine,
 runtime version, thread count), how a single layer looks once deployed at a precision (``layer_model``), and how to
-time ONNX files on it (``measure``). :class:`OrtCpuTarget` is ONNX Runtime's CPU provider: FP32 is the exported
-graph as is, INT8 the QDQ form the quantize pass emits for ``ort-cpu`` (:func:`compressor.quant.qdq.quantize`, its
-rewrites included), and every file is timed in a fresh process that holds only its session
-(:func:`compressor.runtime.bench.measure_onnx_isolated`). Another runtime plugs in as an entry of :data:`TARGETS`
-(OpenVINO's CPU plugin: its bench backend, and its version in ``fingerprint``); tests put analytic doubles there.
+time one layer and whole models on it (``time_layer``, ``time_models``). :class:`OrtCpuTarget` is ONNX Runtime's
+CPU provider: FP32 is the exported graph as is, INT8 the QDQ form the quantize pass emits for ``ort-cpu``
+(:func:`compressor.quant.qdq.quantize`, its rewrites included), and every file is timed in a fresh process that
+holds only its session (:func:`compressor.runtime.bench.measure_onnx_isolated`). :class:`OpenVinoCpuTarget` builds
+the same layers in the ``openvino-cpu`` emission and times them in OpenVINO under a precision hint. Each runtime is
+an entry of :data:`TARGETS`; tests put analytic doubles there.
 
 A layer is measured *inside* the deployed graph: the INT8 layer reads and writes uint8 tensors (the quantize at its
 input and the dequantize at its output are removed), as it does between two quantized layers of a whole model.
@@ -330,7 +331,11 @@ class OpenVinoCpuTarget(OrtCpuTarget):
         from compressor.runtime.openvino import import_openvino
 
         ov = import_openvino()
-        return {**super().fingerprint(), "runtime": f"openvino {ov.__version__}", "precision_hint": self.precision_hint}
+        # Its INT8 layers are emitted by ONNX Runtime's quantizer (the ort-cpu fingerprint's "runtime"), so an
+        # update of either changes what is timed.
+        own = super().fingerprint()
+        return {**own, "emitter": own["runtime"], "runtime": f"openvino {ov.__version__}",
+                "precision_hint": self.precision_hint}
 
     def timed(self, path: Path):  # noqa: ANN201
         from compressor.runtime.bench import Timed

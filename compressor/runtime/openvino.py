@@ -74,7 +74,16 @@ def compile_model(model: str | Path | bytes | Any, threads: int = 0, precision: 
         return core.compile_model(net, "CPU", config)
     except RuntimeError as exc:
         name = Path(model).name if isinstance(model, (str, Path)) else "the model"
-        raise CompressorError(f"OpenVINO could not compile {name}: {str(exc).strip().splitlines()[0]}") from None
+        raise CompressorError(f"OpenVINO could not compile {name}: {openvino_reason(exc)}; check that the file is "
+                              "a model this OpenVINO reads, or run it on ONNX Runtime (target ort-cpu, --backend onnxruntime-cpu)") from None
+
+
+def openvino_reason(exc: BaseException) -> str:
+    """The line of an OpenVINO exception that says what went wrong: its messages open with "Exception from
+    src/...cpp:N:" location lines and put the cause last."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (causes or lines or [type(exc).__name__])[-1]
 
 
 def runner(path: str | Path, batch: int, threads: int, precision: str = "f32", inputs: np.ndarray | None = None,
@@ -151,7 +160,8 @@ def int8_summary(model: str | Path | bytes, precision: str = "f32") -> dict:
 
 def save_ir(model_path: str | Path, xml_path: str | Path, precision: str) -> Path:
     """Convert an ONNX file to OpenVINO IR (``.xml`` + ``.bin`` beside it), weights kept in their own precision,
-    written to temporary names and renamed, .bin first, so neither file is ever half-written. ``precision``
+    written to temporary names and renamed, .bin first (after removing an old .xml), so neither file is ever
+    half-written and a new .bin never sits beside an old .xml. ``precision``
     is recorded in the IR's rt_info (``runtime_options``); OpenVINO does not apply it by itself, so a deployment
     passes it to ``compile_model`` as ``compressor`` does."""
     ov = import_openvino()
@@ -165,12 +175,15 @@ def save_ir(model_path: str | Path, xml_path: str | Path, precision: str) -> Pat
             tmp_bin = tmp_xml.with_suffix(".bin")
             try:
                 ov.save_model(net, str(tmp_xml), compress_to_fp16=False)
-                # The .xml does not name its .bin (a reader looks beside it), so both can be renamed.
+                # The .xml does not name its .bin (a reader looks beside it), so both can be renamed. An old .xml
+                # goes first: a crash between the renames leaves no .xml rather than an old one beside a new .bin.
+                xml_path.unlink(missing_ok=True)
                 os.replace(tmp_bin, xml_path.with_suffix(".bin"))
             finally:
                 tmp_bin.unlink(missing_ok=True)
     except RuntimeError as exc:
-        raise CompressorError(f"OpenVINO IR export failed: {str(exc).strip().splitlines()[0]}") from None
+        raise CompressorError(f"OpenVINO IR export failed: {openvino_reason(exc)}; drop openvino from the recipe's "
+                              "export or update openvino (pip install -U openvino)") from None
     return xml_path
 
 
