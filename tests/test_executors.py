@@ -271,6 +271,24 @@ def test_serial_task_errors_name_the_task():
         SerialExecutor().map(fails_on_two, [(i, "") for i in range(4)], SerialExecutor().put(SHARED))
 
 
+@needs_ray
+def test_shared_objects_outlive_the_local_ray_that_release_shut_down():
+    """N2N and Quantune put their shared state once, then release the executor before every timing: a local
+    instance the executor started is shut down, and the next round's tasks must still get the shared object."""
+    import ray
+
+    ray.shutdown()  # no instance to join: the executor starts (and releases) its own. Runs before the cluster
+    # test: after a driver has joined a cluster with authentication off, Ray's in-process state refuses to start
+    # a new local instance.
+    expected = [e[:2] for e in SerialExecutor().map(scaled_sum, [(i, "") for i in range(4)], SerialExecutor().put(SHARED))]
+    with make_executor(ExecutorConfig(kind="ray", workers=2)) as ex:
+        shared = ex.put(SHARED)
+        assert [g[:2] for g in ex.map(scaled_sum, [(i, "") for i in range(4)], shared)] == expected
+        ex.release()
+        assert not ray.is_initialized()
+        assert [g[:2] for g in ex.map(scaled_sum, [(i, "") for i in range(4)], shared)] == expected
+    assert not ray.is_initialized()
+
 def test_ray_cluster_joined_by_address(ray_cluster, tmp_path, monkeypatch):
     """A cluster started with ``ray start --head`` and joined by its address runs the tasks with the serial
     executor's results, a killed worker included, and is left running by the executor that joined it."""
@@ -287,22 +305,6 @@ def test_ray_cluster_joined_by_address(ray_cluster, tmp_path, monkeypatch):
     ray.shutdown()
 
 
-
-@needs_ray
-def test_shared_objects_outlive_the_local_ray_that_release_shut_down():
-    """N2N and Quantune put their shared state once, then release the executor before every timing: a local
-    instance the executor started is shut down, and the next round's tasks must still get the shared object."""
-    import ray
-
-    ray.shutdown()  # no instance to join: the executor starts (and releases) its own
-    expected = [e[:2] for e in SerialExecutor().map(scaled_sum, [(i, "") for i in range(4)], SerialExecutor().put(SHARED))]
-    with make_executor(ExecutorConfig(kind="ray", workers=2)) as ex:
-        shared = ex.put(SHARED)
-        assert [g[:2] for g in ex.map(scaled_sum, [(i, "") for i in range(4)], shared)] == expected
-        ex.release()
-        assert not ray.is_initialized()
-        assert [g[:2] for g in ex.map(scaled_sum, [(i, "") for i in range(4)], shared)] == expected
-    assert not ray.is_initialized()
 
 def _landscape(config: QuantConfig) -> float:
     score = {"max": 90.0, "entropy": 90.6, "percentile": 90.4, "mse": 90.5}[config.clipping] + 0.5 * (config.granularity == "per_channel")
