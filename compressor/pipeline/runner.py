@@ -144,11 +144,17 @@ class Pipeline:
         record.macs = count_macs(model, self.input_shape)
         record.onnx_path = str(onnx_path.relative_to(self.out_dir))
         record.onnx_size_mb = onnx_path.stat().st_size / 2**20
-        if "openvino-cpu" in self.recipe.targets:  # the hint may change numerics: measured, never assumed
-            ov = logits if (record.artifact or {}).get("target") == "openvino-cpu" else self._predict(onnx_path, "openvino-cpu")
-            record.runtime_top1["openvino-cpu"] = top1(ov, test.labels)
+        own = logits if (record.artifact or {}).get("target") == "openvino-cpu" else None
+        self._runtime_figures(record, onnx_path, own)
+
+    def _runtime_figures(self, record: StageRecord, path: Path, openvino_logits: np.ndarray | None = None) -> None:
+        """What depends on the recipe's targets, hint and bench settings: OpenVINO's test top-1 (the hint may change
+        numerics: measured, never assumed) and the timings; recorded with those settings."""
+        if "openvino-cpu" in self.recipe.targets:
+            ov = openvino_logits if openvino_logits is not None else self._predict(path, "openvino-cpu")
+            record.runtime_top1["openvino-cpu"] = top1(ov, self.splits.test.labels)
         if self.recipe.bench.enabled:
-            self._time(record, onnx_path, self.recipe.targets)
+            self._time(record, path, self.recipe.targets)
         record.details["measured_with"] = self._measured_with()
 
     def _measured_with(self) -> dict:
@@ -158,15 +164,10 @@ class Pipeline:
 
     def _remeasure(self, record: StageRecord) -> None:
         """A reused stage's OpenVINO accuracy and timings again, under this run's targets, hint and bench settings."""
-        path = self.out_dir / record.onnx_path
         record.runtime_top1.pop("openvino-cpu", None)
         record.latency, record.latency_b1_p50_ms, record.throughput_b64_img_s = {}, None, None
         record.details.pop("bench", None)
-        if "openvino-cpu" in self.recipe.targets:
-            record.runtime_top1["openvino-cpu"] = top1(self._predict(path, "openvino-cpu"), self.splits.test.labels)
-        if self.recipe.bench.enabled:
-            self._time(record, path, self.recipe.targets)
-        record.details["measured_with"] = self._measured_with()
+        self._runtime_figures(record, self.out_dir / record.onnx_path)
 
     def _time(self, record: StageRecord, path: Path, targets: list[str]) -> None:
         """Per target: p50 at batch 1 and img/s at batch 64; the recipe's first target fills the gated columns."""

@@ -338,19 +338,19 @@ class LatencyModel:
         """Measure ``model`` whole and set ``offset`` or ``scale`` (module docstring) so that its prediction equals
         the measurement. The difference from the table's sum is cached in the table per architecture, so a second
         pass over the same model measures nothing. Returns the measurement."""
-        shapes = [layer.shape for layer in describe(model, input_shape)]
+        own = self.cost([layer.shape for layer in describe(model, input_shape)])
+        self.table.measure([], self.precision, [self.batch], self.progress)
+        empty = self.table.get(EMPTY, self.precision, self.batch)
         key = f"{self.precision}|b{self.batch}|{_digest(model, input_shape)}"
-        self.offset, self.scale = 0.0, 1.0
         if key not in self.table.offsets:
-            measured = self.measure_model(model, input_shape)
-            self.table.offsets[key] = measured - self.predict_shapes(shapes)
+            self.table.offsets[key] = self.measure_model(model, input_shape) - (empty + own)
             self.table.save()
-        difference, own = self.table.offsets[key], self.cost(shapes)
+        difference = self.table.offsets[key]
         if difference >= 0 or own <= 0:
-            self.offset = difference
+            self.offset, self.scale = difference, 1.0
         else:
-            self.scale = max(own + difference, 0.0) / own
-        return self.predict_shapes(shapes)
+            self.offset, self.scale = 0.0, max(own + difference, 0.0) / own
+        return empty + self.scale * own + self.offset
 
 
 def _digest(model: nn.Module, input_shape: tuple[int, ...]) -> str:
