@@ -152,6 +152,44 @@ def test_shortcut_conv_after_pruning_with_uneven_padding(teacher, splits, tmp_pa
     assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.9
 
 
+@pytest.mark.parametrize("config", [QuantConfig(1000, "max", "asymmetric", "per_channel", "int8"),
+                                    QuantConfig(1000, "max", "symmetric_uint8", "per_tensor", "int8", cle=True,
+                                                bias_correction=True, adaround=True)])
+def test_pruned_widths_are_widened_to_four_instead_of_padded(teacher, splits, tmp_path, monkeypatch, config):
+    """A conv read only by convs gets zero output channels up to a multiple of four and its readers zero input
+    channels: no Pad between them (ORT runs a channel Pad on NHWC bytes one pixel at a time), outputs unchanged,
+    also through AdaRound and bias correction, which see the float layer's channels only."""
+    import copy
+
+    from compressor.graph.dependency import DependencyGraph
+    from compressor.quant.adaround import AdaRoundSettings
+
+    graph, rng = DependencyGraph(teacher, (3, 32, 32)), np.random.default_rng(1)
+    pruned = copy.deepcopy(teacher)
+    graph.prune([g for g in graph.groups() if not g.residual and rng.random() < 0.3], pruned)  # inner widths only
+    widths = [m.out_channels for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert sum(w % 4 != 0 for w in widths) >= 5, widths
+    path = export_onnx(pruned, tmp_path / "pruned.onnx", (3, 32, 32))
+    settings = AdaRoundSettings(iterations=10, columns=1024, batch=256)
+    models = []
+    for widen in (True, False):
+        if not widen:
+            monkeypatch.setattr(qdq_module, "widen_producers", lambda model, multiple=4: 0)
+        problem = QuantProblem(onnx.load(path), splits.calibration, splits.validation, Preprocess(), adaround=settings,
+                               weight_images=32)
+        models.append(problem.build(config))
+    widened, padded = models
+    onnx.checker.check_model(widened, full_check=True)
+    pads = [collections.Counter(n.op_type for n in m.graph.node)["Pad"] for m in models]
+    assert pads[0] == 1 and pads[1] == 1 + sum(w % 4 != 0 for w in widths), pads  # the stem's Pad is left
+    weights = [numpy_helper.to_array(i).shape for i in widened.graph.initializer if i.name.endswith("_quantized")
+               or "_widened" in i.name or "_adarounded" in i.name]
+    assert all(w[0] % 4 == 0 and w[1] % 4 == 0 for w in weights if len(w) == 4), weights
+    x = Preprocess()(splits.validation.images[:64]).numpy()
+    np.testing.assert_array_equal(*_outputs((widened, padded), x))
+    assert optimized_op_counts(widened, tmp_path)["Pad"] == 1
+
+
 class _SharedReaders(torch.nn.Module):
     """The RGB input read by three convs (inception branches), a 6-channel tensor read by a 1×1 conv, its 1×1
     projection and a grouped 3×3 (a ResNeXt block), and one conv called twice: every reader needs padding to 4

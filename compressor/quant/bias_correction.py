@@ -26,21 +26,26 @@ def channel_means(y: torch.Tensor) -> np.ndarray:
 
 def add_to_bias(model: onnx.ModelProto, node_name: str, delta: np.ndarray) -> bool:
     """Add ``delta`` to the bias of ``node_name`` in a QDQ model: an int32 bias behind a DequantizeLinear is
-    requantized on its own scale, a float bias is changed directly. False when the node has no bias."""
+    requantized on its own scale, a float bias is changed directly. A bias longer than ``delta`` (zero channels the
+    emission added, :func:`compressor.quant.qdq.widen_producers`) keeps its extra entries. False when the node
+    has no bias."""
     producers, _, inits = graph_index(model)
     node = next(n for n in model.graph.node if n.name == node_name)
     if len(node.input) < 3 or not node.input[2]:
         return False
+
+    def padded(size: int) -> np.ndarray:
+        return np.concatenate([delta, np.zeros(size - len(delta), delta.dtype)])
+
     dq = producers.get(node.input[2])
     if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
         q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64)
         scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-        new = np.clip(q + np.round(delta / scale), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
-        set_initializer(model, dq, 0, new, "corrected")
+        new = np.clip(q + np.round(padded(len(q)) / scale), np.iinfo(np.int32).min, np.iinfo(np.int32).max)
+        set_initializer(model, dq, 0, new.astype(np.int32), "corrected")
         return True
     if node.input[2] in inits:
         b = numpy_helper.to_array(inits[node.input[2]])
-        set_initializer(model, node, 2, (b + delta).astype(b.dtype), "corrected")
+        set_initializer(model, node, 2, (b + padded(len(b))).astype(b.dtype), "corrected")
         return True
     return False
-

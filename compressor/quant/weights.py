@@ -270,7 +270,9 @@ def _layer(node: onnx.NodeProto, grid: Grid, float_model: onnx.ModelProto, float
     w_name, b_name = f"{node.name}__weight_input_1", f"{node.name}__weight_input_2"
     w = torch.from_numpy(np.array(float_feeds[w_name]))
     bias = float_feeds.get(b_name)
-    scale = torch.from_numpy(grid.scale)
+    # The emission may have padded the grid with zero channels (qdq.widen_producers, pad_input_channels): the
+    # float layer is its leading slice, per-channel scales included.
+    scale = torch.from_numpy(np.ascontiguousarray(grid.scale[tuple(slice(0, min(d, n)) for d, n in zip(w.shape, grid.scale.shape))]))
     q = torch.from_numpy(grid.q[tuple(slice(0, d) for d in w.shape)].astype(np.float32))  # nearest rounding
     entry = LayerWeights()
     if adaround_settings is not None:

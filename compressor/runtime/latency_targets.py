@@ -21,7 +21,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -265,12 +265,20 @@ class OrtCpuTarget:
     warmup: float = 0.1
     model_duration: float = 1.0
     name: str = "ort-cpu"
+    channel_multiple: int = 4
+    """INT8 dense convs are timed with their channel counts rounded up to this: the ort-cpu emission widens a conv
+    read only by convs with zero output channels and its readers' inputs to match (``qdq.widen_producers``), so
+    inside a model such a layer runs at the rounded width with no Pad before it. (A layer whose input an Add or
+    the image writes still gets a Pad; the RGB stem's runs before the layout change and costs little.)"""
 
     def fingerprint(self) -> dict[str, str]:
         import onnxruntime
 
-        return {"target": self.name, "cpu": cpu_name(), "cores": str(os.cpu_count()), "arch": platform.machine(),
-                "runtime": f"onnxruntime {onnxruntime.__version__}", "threads": str(self.threads)}
+        own = {"target": self.name, "cpu": cpu_name(), "cores": str(os.cpu_count()), "arch": platform.machine(),
+               "runtime": f"onnxruntime {onnxruntime.__version__}", "threads": str(self.threads)}
+        if self.channel_multiple > 1:
+            own["int8_conv_channels"] = f"multiple of {self.channel_multiple}"
+        return own
 
     def deployed(self, float_model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
         """The model as the deployment runs it: the exported graph (FP32) or the quantize pass's QDQ form (INT8)."""
@@ -280,6 +288,9 @@ class OrtCpuTarget:
         # Both CPU emissions (ort-cpu, openvino-cpu) rewrite the option-A shortcut as a 1x1 conv (shortcut_convs).
         if precision == "int8" and shape.kind == "shortcut":
             shape = LayerShape("conv", shape.cin, shape.cout, shape.h, shape.w, 1, shape.stride)
+        m = self.channel_multiple
+        if precision == "int8" and shape.kind == "conv" and shape.groups == 1 and m > 1:
+            shape = replace(shape, cin=-(-shape.cin // m) * m, cout=-(-shape.cout // m) * m)
         model = self.deployed(float_layer(shape), precision)
         return interior(model) if precision == "int8" else model
 
@@ -326,6 +337,7 @@ class OpenVinoCpuTarget(OrtCpuTarget):
 
     precision_hint: str = "f32"
     name: str = "openvino-cpu"
+    channel_multiple: int = 1  # its emission pads nothing: OpenVINO takes any channel count
 
     def fingerprint(self) -> dict[str, str]:
         from compressor.runtime.openvino import import_openvino
