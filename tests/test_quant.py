@@ -154,7 +154,8 @@ def test_shortcut_conv_after_pruning_with_uneven_padding(teacher, splits, tmp_pa
 
 @pytest.mark.parametrize("config", [QuantConfig(1000, "max", "asymmetric", "per_channel", "int8"),
                                     QuantConfig(1000, "max", "symmetric_uint8", "per_tensor", "int8", cle=True,
-                                                bias_correction=True, adaround=True)])
+                                                bias_correction=True, adaround=True),
+                                    QuantConfig(1000, "max", "symmetric", "per_channel", "int8")])
 def test_pruned_widths_are_widened_to_four_instead_of_padded(teacher, splits, tmp_path, monkeypatch, config):
     """A conv read only by convs gets zero output channels up to a multiple of four and its readers zero input
     channels: no Pad between them (ORT runs a channel Pad on NHWC bytes one pixel at a time), outputs unchanged,
@@ -180,14 +181,21 @@ def test_pruned_widths_are_widened_to_four_instead_of_padded(teacher, splits, tm
         models.append(problem.build(config))
     widened, padded = models
     onnx.checker.check_model(widened, full_check=True)
-    pads = [collections.Counter(n.op_type for n in m.graph.node)["Pad"] for m in models]
+    pads = [sum(n.op_type == "Pad" and n.name.endswith("_channel_pad") for n in m.graph.node) for m in models]
     assert pads[0] == 1 and pads[1] == 1 + sum(w % 4 != 0 for w in widths), pads  # the stem's Pad is left
     weights = [numpy_helper.to_array(i).shape for i in widened.graph.initializer if i.name.endswith("_quantized")
                or "_widened" in i.name or "_adarounded" in i.name]
     assert all(w[0] % 4 == 0 and w[1] % 4 == 0 for w in weights if len(w) == 4), weights
+    # The QDQ graphs as written (no fusion) compute the same numbers: the added terms are exact zeros. Optimized,
+    # ORT may fuse differently around a Pad (int8 activations: a float conv behind the Pad), so compare unfused.
     x = Preprocess()(splits.validation.images[:64]).numpy()
-    np.testing.assert_array_equal(*_outputs((widened, padded), x))
-    assert optimized_op_counts(widened, tmp_path)["Pad"] == 1
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    outs = [ort.InferenceSession(m.SerializeToString(), plain, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+            for m in models]
+    np.testing.assert_array_equal(*outs)
+    ops = [optimized_op_counts(m, tmp_path)["Pad"] for m in models]
+    assert ops[1] - ops[0] == sum(w % 4 != 0 for w in widths), ops  # none left between convs after ORT's rewrites
 
 
 class _SharedReaders(torch.nn.Module):
