@@ -406,7 +406,8 @@ def _openvino_precision(path: str, precision: str | None) -> str:
               help="openvino-cpu: the precision hint for the float parts (the recipe's openvino.precision).")
 @click.option("--batch", default="64", help="Comma-separated batch sizes (the prune pass's latency_batch).")
 @click.option("--threads", default=2, type=click.IntRange(min=1), help="Intra-op threads.")
-@click.option("--scope", default="inner", type=click.Choice(["inner", "all"]), help="Prunable channels: prune's scope (inner, as in the fast recipes; prune's own default is all).")
+@click.option("--scope", default="inner", type=click.Choice(["inner", "all"]),
+              help="Prunable channels: prune's scope (inner, as in the fast recipes; prune's own default is all).")
 @click.option("--width-step", "width_step", default=1, type=click.IntRange(min=1),
               help="Candidate widths are multiples of this (prune's width_step; 1 = every width).")
 @click.option("--min-channels", default=1.0, type=Number(gt=0), help="Prune's min_channels (channels, or a fraction < 1).")

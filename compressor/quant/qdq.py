@@ -247,19 +247,41 @@ def shortcut_convs(model: onnx.ModelProto) -> int:
     return done
 
 
+_ZERO_KEEPING = ("QuantizeLinear", "DequantizeLinear", "Relu", "Clip")
+"""Ops that map an all-zero channel to zero (Q/DQ per tensor: 0 ↔ the zero point; a Clip whose range holds 0)."""
+
+
 def _own_weight(dq: onnx.NodeProto | None, consumers: dict, inits: dict, node: onnx.NodeProto) -> bool:
     """``dq`` dequantizes an initializer that only it reads, for ``node`` alone: rewriting it touches nothing else."""
     return dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits \
         and len(consumers.get(dq.input[0], [])) == 1 and [n.name for n in consumers.get(dq.output[0], [])] == [node.name]
 
 
+def _own_params(conv: onnx.NodeProto, producers: dict, consumers: dict, inits: dict) -> list[onnx.NodeProto] | None:
+    """The DequantizeLinear nodes of ``conv``'s integer weight (and bias, when it has one), when only ``conv``
+    reads them and their zero points are 0 (zero-valued slices then dequantize to 0); else None."""
+    dqs = [producers.get(conv.input[1])]
+    if len(conv.input) > 2 and conv.input[2]:
+        dqs.append(producers.get(conv.input[2]))  # a float bias has no DequantizeLinear: refused below
+    for dq in dqs:
+        if not _own_weight(dq, consumers, inits, conv):
+            return None
+        if len(dq.input) > 2 and dq.input[2] and (dq.input[2] not in inits or numpy_helper.to_array(inits[dq.input[2]]).any()):
+            return None
+    return dqs if len(inits[dqs[0].input[0]].dims) == 4 else None
+
+
+def _per_tensor(node: onnx.NodeProto, inits: dict) -> bool:
+    return node.input[1] in inits and np.prod(inits[node.input[1]].dims) == 1
+
+
 def _grow(model: onnx.ModelProto, dq: onnx.NodeProto, axis: int, extra: int, inits: dict) -> None:
-    """Append ``extra`` zero slices on ``axis`` to the integer initializer ``dq`` reads and, for a per-channel
-    ``dq`` on that axis, copies of its last scale and zero point (the channels added are zeros, any scale holds)."""
+    """Append ``extra`` zero slices on ``axis`` to the integer initializer ``dq`` reads and, when ``dq``'s scales
+    run along that axis (per channel), copies of its last scale and zero point."""
     q = numpy_helper.to_array(inits[dq.input[0]])
     zeros = np.zeros((*q.shape[:axis], extra, *q.shape[axis + 1:]), q.dtype)
     set_initializer(model, dq, 0, np.concatenate([q, zeros], axis), "widened")
-    if axis != attribute(dq, "axis", 1) and q.ndim > 1:
+    if q.ndim > 1 and attribute(dq, "axis", 1) != axis:  # the new input channels share their rows' scales
         return
     for index in (1, 2):
         if index < len(dq.input) and dq.input[index] in inits:
@@ -268,13 +290,12 @@ def _grow(model: onnx.ModelProto, dq: onnx.NodeProto, axis: int, extra: int, ini
                 set_initializer(model, dq, index, np.concatenate([v, np.repeat(v[-1:], extra)]), "widened")
 
 
-def _zero_preserving_source(node: onnx.NodeProto, producers: dict, consumers: dict, inits: dict,
-                            outputs: set) -> onnx.NodeProto | None:
-    """The dense Conv whose output alone reaches ``node`` through ops that map a zero channel to zero (per-tensor
-    Q/DQ, ReLU, a Clip whose range holds 0), each tensor on the way read only by the next op; else None."""
-    while node.op_type in ("QuantizeLinear", "DequantizeLinear", "Relu", "Clip"):
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and (
-                node.input[1] not in inits or np.prod(inits[node.input[1]].dims) != 1):
+def _zero_keeping_source(node: onnx.NodeProto, producers: dict, consumers: dict, inits: dict,
+                         outputs: set) -> onnx.NodeProto | None:
+    """The Conv whose output alone reaches ``node`` through :data:`_ZERO_KEEPING` ops, each tensor on the way
+    read only by the next op and none a graph output; else None."""
+    while node.op_type in _ZERO_KEEPING:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and not _per_tensor(node, inits):
             return None
         if node.op_type == "Clip":
             bounds = [*node.input[1:3], "", ""][:2]
@@ -287,44 +308,85 @@ def _zero_preserving_source(node: onnx.NodeProto, producers: dict, consumers: di
         if source is None or node.input[0] in outputs or len(consumers.get(node.input[0], [])) != 1:
             return None
         node = source
-    return node if node.op_type == "Conv" and attribute(node, "group", 1) == 1 else None
+    return node if node.op_type == "Conv" else None
+
+
+def _quantized_output(conv: onnx.NodeProto, producers: dict, consumers: dict, inits: dict,
+                      outputs: set) -> onnx.NodeProto | None:
+    """The QuantizeLinear that ``conv``'s output alone reaches through :data:`_ZERO_KEEPING` ops and whose
+    integer tensor convs read (through DequantizeLinear); else None."""
+    node = conv
+    while True:
+        readers = consumers.get(node.output[0], [])
+        if len(readers) != 1 or node.output[0] in outputs or readers[0].op_type not in _ZERO_KEEPING:
+            return None
+        node = readers[0]
+        after = [r for dq in consumers.get(node.output[0], []) for r in consumers.get(dq.output[0], [])]
+        if node.op_type == "QuantizeLinear" and after and all(r.op_type == "Conv" for r in after):
+            return node if _zero_keeping_source(node, producers, consumers, inits, outputs) is conv else None
+
+
+def _conv_readers(q: onnx.NodeProto, producers: dict, consumers: dict, inits: dict,
+                  outputs: set) -> list[tuple[onnx.NodeProto, bool]] | None:
+    """Everything that must grow with the integer tensor ``q`` writes, as (conv, is_depthwise): the dense convs
+    reading it (they get zero input channels) and the depthwise convs reading it (they get zero channels and
+    pass them on, so their own readers follow). None when anything else reads it."""
+    dqs = consumers.get(q.output[0], [])
+    if not dqs or q.output[0] in outputs:
+        return None
+    found: list[tuple[onnx.NodeProto, bool]] = []
+    for dq in dqs:
+        if dq.op_type != "DequantizeLinear" or dq.output[0] in outputs or not _per_tensor(dq, inits):
+            return None
+        for conv in consumers.get(dq.output[0], []):
+            if conv.op_type != "Conv" or conv.input[0] != dq.output[0] or _own_params(conv, producers, consumers, inits) is None:
+                return None
+            groups, w = attribute(conv, "group", 1), inits[producers[conv.input[1]].input[0]].dims
+            if groups == 1:
+                found.append((conv, False))
+                continue
+            if groups != w[0] or w[1] != 1:  # grouped but not depthwise
+                return None
+            after = _quantized_output(conv, producers, consumers, inits, outputs)
+            later = None if after is None else _conv_readers(after, producers, consumers, inits, outputs)
+            if later is None:
+                return None
+            found += [(conv, True), *later]
+    return found
 
 
 def widen_producers(model: onnx.ModelProto, multiple: int = 4) -> int:
     """Give each quantized dense conv whose output-channel count is not a multiple of ``multiple``, and whose
-    quantized output only dense quantized convs read (directly or through a ReLU, as with int8 activations), zero
-    output channels (int8 weights and int32 bias 0, so the new channels are exactly 0 and quantize to the zero
-    point), and its readers as many zero input channels: the outputs are unchanged. Why: otherwise :func:`pad_input_channels` pads those readers' inputs with a Pad node,
-    which ORT runs inside a model on its NHWC layout one pixel at a time (14 % of a channel-pruned ResNet-56's
-    INT8 time, docs/lab-notes/latency.md §6), while a few more output channels cost the producer next to nothing.
-    Tensors written by anything else (an Add, the graph input) still get the Pad. Returns the producers widened."""
+    quantized output only quantized convs read, zero output channels (int8 weights and int32 bias 0, so the new
+    channels are exactly 0 and quantize to the zero point); dense readers get as many zero input channels, and a
+    depthwise reader (MobileNet's expand → depthwise → project) as many zero channels, passed on to its own
+    readers. The way may run through ReLU / Clip and per-tensor Q/DQ (int8 activations keep a float ReLU).
+    Outputs are unchanged. Why: otherwise :func:`pad_input_channels` pads the dense readers' inputs with a Pad
+    node, which ORT runs inside a model on its NHWC layout one pixel at a time (14 % of a channel-pruned
+    ResNet-56's INT8 time, docs/lab-notes/latency.md §6), while a few more output channels cost next to nothing.
+    A tensor written by anything else (an Add, the graph input) still gets the Pad. Returns the producers widened."""
     g = model.graph
     producers, consumers, inits = graph_index(model)
     outputs = {o.name for o in g.output}
     done = 0
     for q in [n for n in g.node if n.op_type == "QuantizeLinear"]:
-        conv = _zero_preserving_source(q, producers, consumers, inits, outputs)
-        if conv is None or q.output[0] in outputs:
+        conv = _zero_keeping_source(q, producers, consumers, inits, outputs)
+        if conv is None or attribute(conv, "group", 1) != 1:
             continue
-        w_dq = producers.get(conv.input[1])
-        if not _own_weight(w_dq, consumers, inits, conv) or len(inits[w_dq.input[0]].dims) != 4:
+        params = _own_params(conv, producers, consumers, inits)
+        extra = -inits[params[0].input[0]].dims[0] % multiple if params else 0
+        readers = _conv_readers(q, producers, consumers, inits, outputs) if extra else None
+        if not readers:
             continue
-        extra = -inits[w_dq.input[0]].dims[0] % multiple
-        b_dq = producers.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        if extra == 0 or (b_dq is not None and not _own_weight(b_dq, consumers, inits, conv)):
-            continue
-        dqs = consumers.get(q.output[0], [])
-        readers = [r for dq in dqs for r in consumers.get(dq.output[0], [])]
-        if not readers or any(dq.op_type != "DequantizeLinear" for dq in dqs) or any(
-                r.op_type != "Conv" or attribute(r, "group", 1) != 1 or r.input[0] not in {d.output[0] for d in dqs}
-                or not _own_weight(producers.get(r.input[1]), consumers, inits, r) for r in readers):
-            continue
-        _grow(model, w_dq, 0, extra, inits)
-        if b_dq is not None:
-            _grow(model, b_dq, 0, extra, inits)
-        for r in readers:
-            _grow(model, producers[r.input[1]], 1, extra, inits)
-        inits = {i.name: i for i in g.initializer}
+        grows = [(dq, 0) for dq in params]
+        for reader, depthwise in readers:
+            own = _own_params(reader, producers, consumers, inits)
+            grows += [(dq, 0) for dq in own] if depthwise else [(own[0], 1)]
+            if depthwise:
+                next(a for a in reader.attribute if a.name == "group").i += extra
+        for dq, axis in grows:
+            _grow(model, dq, axis, extra, inits)
+            inits = {i.name: i for i in g.initializer}  # set_initializer may have added a copy
         done += 1
     if done:  # channel counts changed: the shapes recorded by shape inference no longer hold
         del g.value_info[:]

@@ -33,10 +33,12 @@ def layer_sensitivity(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, 
     qvals = run_intermediates(intermediate_session(qdq_model, qnames), x, qnames)
     out = {}
     for name, fin, fout, qin, qout in pairs:
-        ref_out, got_out = fvals[fout], qvals[qout]
+        # The emission may give a layer zero channels (qdq.widen_producers, pad_input_channels): compare the float
+        # layer's own channels.
+        ref_out, got_out = fvals[fout], qvals[qout][:, : fvals[fout].shape[1]]
         if ref_out.min() >= 0:  # ORT folded the following ReLU into this node's output name
             got_out = np.maximum(got_out, 0)
-        got_in = qvals[qin][:, : fvals[fin].shape[1]]  # the stem's input may carry zero padding channels (qdq.py)
+        got_in = qvals[qin][:, : fvals[fin].shape[1]]
         out[name] = _sqnr(fvals[fin], got_in) - _sqnr(ref_out, got_out)
     return out
 

@@ -75,7 +75,8 @@ def compile_model(model: str | Path | bytes | Any, threads: int = 0, precision: 
     except RuntimeError as exc:
         name = Path(model).name if isinstance(model, (str, Path)) else "the model"
         raise CompressorError(f"OpenVINO could not compile {name}: {openvino_reason(exc)}; check that the file is "
-                              "a model this OpenVINO reads, or run it on ONNX Runtime (target ort-cpu, --backend onnxruntime-cpu)") from None
+                              "a model this OpenVINO reads, or run it on ONNX Runtime (target ort-cpu, "
+                              "--backend onnxruntime-cpu)") from None
 
 
 def openvino_reason(exc: BaseException) -> str:
