@@ -135,7 +135,9 @@ class LatencyPlanner:
             ranked = [groups[i] for i in ranked_idx]
             kept, shapes = width_options(ranked, conv_widths(model), floors, layers, self.width_step)
             own = dict(zip(*_unique_costs(self.latency, shapes)))
-            costs = np.array([sum(own[s] for s in row) for row in shapes])
+            # In predicted milliseconds, as the budget: a runtime that fuses across layers (scale < 1) saves only
+            # its share of a layer's own cost.
+            costs = self.latency.scale * np.array([sum(own[s] for s in row) for row in shapes])
             values = np.array([float(scores[ranked_idx][:j].sum()) for j in kept])
             plans.append(LayerOptions(key, ranked, kept, values, costs - costs[0]))
         return plans
