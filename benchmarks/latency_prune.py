@@ -13,6 +13,7 @@ pruned model's INT8 form is timed whole (each in its own process, arms alternati
 
     python benchmarks/latency_prune.py --precision bf16 --json out/latency_prune.json          # the benchmark
     python benchmarks/latency_prune.py --precision bf16 --speedup 4 --json out/latency_prune_x4.json
+    python benchmarks/latency_prune.py --precision bf16 --speedup 2.565 --arms lrp-latency   # one arm again
     python benchmarks/latency_prune.py --model cifar_resnet20 --teacher demo/cifar10_resnet20.pt \\
         --data demo/cifar10-demo.tar.gz --finetune-steps 1 --final-steps 1 --width-step 8 --rounds 1   # a check
 """
@@ -74,7 +75,8 @@ def main() -> None:
     p.add_argument("--data", default=str(SHARED / "cifar10" / "cifar10-jpeg.tar.gz"))
     p.add_argument("--teacher", default=str(SHARED / "teachers" / "cifar10_resnet56.pt"))
     p.add_argument("--model", default="cifar_resnet56")
-    p.add_argument("--arms", default=",".join(ARMS), help="lrp-macs always runs: it sets the latency")
+    p.add_argument("--arms", default=",".join(ARMS),
+                   help="without --speedup, lrp-macs always runs: it sets the latency; with it, only the arms named")
     p.add_argument("--target", default="ort-cpu")
     p.add_argument("--macs-reduction", type=float, default=2.5, help="the MAC arm's target (sets the latency)")
     p.add_argument("--speedup", type=float, help="the latency instead: INT8 speed-up over the teacher's FP32")
@@ -113,16 +115,18 @@ def main() -> None:
         return baseline / lm.measure_model(model, SHAPE)
 
     reduction = args.macs_reduction
-    if args.speedup is not None:
-        reduction = match_reduction(teacher, ctx, args.speedup, int8_speedup)
-    t0 = time.time()
-    mac_cfg = PruneConfig(criterion="lrp", target_macs_reduction=reduction, global_ranking=False,
-                          step=0.6 / args.steps, **common)
-    models["lrp-macs"] = Prune(mac_cfg).run(teacher, ctx).model
-    minutes["lrp-macs"] = (time.time() - t0) / 60
+    if args.speedup is None or "lrp-macs" in arms:
+        if args.speedup is not None:
+            reduction = match_reduction(teacher, ctx, args.speedup, int8_speedup)
+        t0 = time.time()
+        mac_cfg = PruneConfig(criterion="lrp", target_macs_reduction=reduction, global_ranking=False,
+                              step=0.6 / args.steps, **common)
+        models["lrp-macs"] = Prune(mac_cfg).run(teacher, ctx).model
+        minutes["lrp-macs"] = (time.time() - t0) / 60
+        print(f"lrp-macs: x{reduction:.2f} fewer MACs", flush=True)
     speedup = args.speedup if args.speedup is not None else int8_speedup(models["lrp-macs"])
-    print(f"lrp-macs: x{reduction:.2f} fewer MACs; the latency arms prune to an INT8 speed-up of x{speedup:.3f} "
-          f"over the teacher's FP32 ({baseline:.3f} ms at batch {args.batch})", flush=True)
+    print(f"the latency arms prune to an INT8 speed-up of x{speedup:.3f} over the teacher's FP32 ({baseline:.3f} ms "
+          f"at batch {args.batch})", flush=True)
     for arm in (a for a in arms if a.endswith("-latency")):
         t0 = time.time()
         cfg = PruneConfig(criterion=arm.split("-")[0], target_speedup=speedup, target=args.target,
