@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import json
 import tempfile
 from pathlib import Path
@@ -24,32 +23,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from latency_model import random_variant  # this directory's script: the same random variants
 
 from compressor.core.files import write_atomic
 from compressor.core.zoo import ZOO
-from compressor.graph.dependency import DependencyGraph
 from compressor.quant import qdq
 from compressor.runtime.export import export_onnx
 from compressor.runtime.latency import measure_isolated
 from compressor.runtime.latency_targets import int8_qdq
 
 SHAPE = (3, 32, 32)
-
-
-def pruned_copy(model: torch.nn.Module, rng: np.random.Generator, min_keep: float) -> torch.nn.Module:
-    """``model`` with each layer of non-residual groups kept at a random fraction of its groups."""
-    model = copy.deepcopy(model).eval()
-    graph = DependencyGraph(model, SHAPE)
-    by_layer: dict[tuple[str, ...], list] = {}
-    for g in graph.groups():
-        if not g.residual:
-            by_layer.setdefault(g.layer_key, []).append(g)
-    drop = []
-    for groups in by_layer.values():
-        keep = max(1, round(rng.uniform(min_keep, 1.0) * len(groups)))
-        drop += [groups[i] for i in rng.permutation(len(groups))[keep:]]
-    graph.prune(drop)
-    return model
 
 
 def unfused(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -78,7 +61,7 @@ def main() -> None:
         for name in args.models:
             base = ZOO[name]().eval()
             for v in range(args.variants):
-                path = export_onnx(pruned_copy(base, rng, args.min_keep), Path(tmp) / f"{name}-{v}.onnx", SHAPE)
+                path = export_onnx(random_variant(base, rng, "inner", args.min_keep), Path(tmp) / f"{name}-{v}.onnx", SHAPE)
                 widened = int8_qdq(onnx.load(path))
                 with mock.patch.object(qdq, "widen_producers", lambda model, multiple=4: 0):
                     padded = int8_qdq(onnx.load(path))
