@@ -272,7 +272,7 @@ class OrtCpuTarget:
     Add writes (residual channels pruned to an odd width with ``scope: all``): the model keeps a Pad there that
     the table does not time, and a conv writing an Add runs at its own width. The RGB stem's Pad runs before the
     layout change and costs little."""
-    _timed: dict = field(default_factory=dict, repr=False, compare=False)
+    _timed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> dict[str, str]:
         import onnxruntime
@@ -288,8 +288,11 @@ class OrtCpuTarget:
         return int8_qdq(float_model, self.name) if precision == "int8" else float_model
 
     def deployed_shape(self, shape: LayerShape, precision: str) -> LayerShape:
-        """The shape a layer runs at in the deployed model: INT8 dense and depthwise convs at channel counts
-        rounded up to ``channel_multiple``."""
+        """The shape a layer runs at in the deployed model: an INT8 shortcut as its 1x1 conv, INT8 dense and
+        depthwise convs at channel counts rounded up to ``channel_multiple``."""
+        # Both CPU emissions (ort-cpu, openvino-cpu) rewrite the option-A shortcut as a 1x1 conv (shortcut_convs).
+        if precision == "int8" and shape.kind == "shortcut":
+            shape = LayerShape("conv", shape.cin, shape.cout, shape.h, shape.w, 1, shape.stride)
         m = self.channel_multiple
         if precision != "int8" or shape.kind != "conv" or m == 1:
             return shape
@@ -301,9 +304,6 @@ class OrtCpuTarget:
         return shape
 
     def layer_model(self, shape: LayerShape, precision: str) -> onnx.ModelProto:
-        # Both CPU emissions (ort-cpu, openvino-cpu) rewrite the option-A shortcut as a 1x1 conv (shortcut_convs).
-        if precision == "int8" and shape.kind == "shortcut":
-            shape = LayerShape("conv", shape.cin, shape.cout, shape.h, shape.w, 1, shape.stride)
         shape = self.deployed_shape(shape, precision)
         model = self.deployed(float_layer(shape), precision)
         return interior(model) if precision == "int8" else model
