@@ -425,8 +425,7 @@ def pad_input_channels(model: onnx.ModelProto, multiple: int = 4) -> int:
         if extra == 0 or len(consumers.get(w_dq.input[0], [])) != 1 or len(consumers[w_out]) != len(convs) \
                 or not all(paddable(c) for c in convs):
             continue
-        w_padded = np.concatenate([w, np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)], axis=1)
-        inits[w_dq.input[0]].CopyFrom(numpy_helper.from_array(w_padded, w_dq.input[0]))
+        _grow(model, w_dq, 1, extra, inits)
         for conv in convs:
             x_dq = producers[conv.input[0]]
             padded = f"{x_dq.input[0]}_channels{w.shape[1] + extra}"
