@@ -5,8 +5,9 @@ unpruned model; then ``--variants`` random channel-pruned variants (each prunabl
 uniform random fraction in [--min-keep, 1], random channels) and ``--depth-variants`` random block-removed
 variants (N2N's removable units, 2 to all but one removed) are predicted from the table and timed whole, each in
 its own process. Prints per variant predicted and measured ms, and per batch size and kind the mean absolute
-percentage error of the calibration the passes use (an offset when the whole model runs slower than the table's
-sum, a factor when it runs faster: :meth:`LatencyModel.calibrate`), of each form alone, and without calibration.
+percentage error of the calibration the passes use (an overhead per layer when the whole model runs slower than
+the table's sum, a factor when it runs faster: :meth:`LatencyModel.calibrate`), of each form alone, of a constant
+offset, and without calibration.
 No weights, no data: speed only.
 
     python benchmarks/latency_model.py --model cifar_resnet56 --target ort-cpu --precision int8 --variants 20
@@ -103,13 +104,15 @@ def main() -> None:
     for b in batches:
         lm = LatencyModel(table, args.precision, b)
         empty = table.get(EMPTY, args.precision, b)
-        own = [lm.cost([layer.shape for layer in describe(v, SHAPE)]) for v in variants]
+        shapes = [[layer.shape for layer in describe(v, SHAPE)] for v in variants]
+        own = [lm.cost(s) for s in shapes]
         raw = [empty + o for o in own]
         difference = measured[0][b] - raw[0]  # as LatencyModel.calibrate, from the unpruned model
         factor = max(own[0] + difference, 0.0) / own[0]
-        forms = {"offset": [r + difference for r in raw], "factor": [empty + factor * o for o in own],
-                 "uncalibrated": raw}
-        forms["deployed"] = forms["offset"] if difference >= 0 else forms["factor"]
+        per_layer = difference / len(shapes[0])
+        forms = {"overhead": [r + per_layer * len(s) for r, s in zip(raw, shapes)], "offset": [r + difference for r in raw],
+                 "factor": [empty + factor * o for o in own], "uncalibrated": raw}
+        forms["deployed"] = forms["overhead"] if difference >= 0 else forms["factor"]
         rows = [{"variant": i, "kind": kinds[i], "measured_ms": measured[i][b],
                  **{f"{k}_ms": v[i] for k, v in forms.items()},
                  "error_pct": 100 * (forms["deployed"][i] - measured[i][b]) / measured[i][b]} for i in range(len(variants))]
@@ -120,16 +123,18 @@ def main() -> None:
                 summary[kind] = {f"mape_{k}_pct": float(np.mean([abs(r[f"{k}_ms"] - r["measured_ms"]) / r["measured_ms"] * 100
                                                                  for r in tested])) for k in forms}
                 summary[kind]["max_abs_error_pct"] = float(max(abs(r["error_pct"]) for r in tested))
-        out["batches"][b] = {"difference_ms": difference, "factor": factor,
-                             "form": "offset" if difference >= 0 else "factor", "by_kind": summary, "rows": rows}
+        out["batches"][b] = {"difference_ms": difference, "factor": factor, "overhead_ms_per_layer": per_layer,
+                             "form": "overhead" if difference >= 0 else "factor", "by_kind": summary, "rows": rows}
+        form = f"an overhead of {per_layer:.4f} ms per layer" if difference >= 0 else f"a factor x{factor:.3f}"
         print(f"\n{args.target} {args.precision} batch {b}: measured unpruned {measured[0][b]:.3f} ms, table sum "
-              f"{raw[0]:.3f} ms: calibrated by {'an offset' if difference >= 0 else f'a factor x{factor:.3f}'}")
+              f"{raw[0]:.3f} ms: calibrated by {form}")
         print("| variant | kind | measured ms | predicted ms | error % |\n|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['variant']} | {r['kind']} | {r['measured_ms']:.3f} | {r['deployed_ms']:.3f} | {r['error_pct']:+.1f} |")
         for kind, m in summary.items():
             print(f"{kind} variants: mean absolute error {m['mape_deployed_pct']:.1f} % (max {m['max_abs_error_pct']:.1f} %); "
-                  f"offset alone {m['mape_offset_pct']:.1f} %, factor alone {m['mape_factor_pct']:.1f} %, "
+                  f"overhead alone {m['mape_overhead_pct']:.1f} %, factor alone {m['mape_factor_pct']:.1f} %, "
+                  f"constant offset {m['mape_offset_pct']:.1f} %, "
                   f"uncalibrated {m['mape_uncalibrated_pct']:.1f} %")
     print(f"\nlayer shapes timed in this run: {timed} ({profile_s:.0f} s); table {table.path}")
     if args.json:

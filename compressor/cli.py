@@ -439,7 +439,7 @@ def profile(model, weights, input_shape, target, precision, openvino_precision, 
         uncalibrated = lm.predict(net, shape)
         measured = lm.calibrate(net, shape)
         click.echo(f"batch {b}: whole model measured {measured:.3f} ms, layer sum {uncalibrated:.3f} ms "
-                   f"(offset {lm.offset:+.3f} ms, scale {lm.scale:.3f})")
+                   f"(overhead {lm.overhead:+.4f} ms per layer, scale {lm.scale:.3f})")
     click.echo(f"Table: {table.path}")
 
 

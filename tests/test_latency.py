@@ -59,7 +59,7 @@ def test_table_is_cached_resumes_and_is_keyed_by_machine(tmp_path):
     assert raw["fingerprint"] == {"target": "stair", "threads": "2"} and len(raw["entries"]) == 2 * 7 + 2
 
 
-def test_prediction_is_the_sum_of_entries_plus_the_calibrated_offset(teacher, tmp_path):
+def test_prediction_is_the_sum_of_entries_plus_the_calibrated_overhead_per_layer(teacher, tmp_path):
     target = StairTarget()
     lm = LatencyModel(LatencyTable(target, tmp_path / "t.json"), "int8", 64)
     shapes = [layer.shape for layer in describe(teacher, SHAPE)]
@@ -69,15 +69,21 @@ def test_prediction_is_the_sum_of_entries_plus_the_calibrated_offset(teacher, tm
     assert predicted == pytest.approx(empty + sum(lm.table.get(s, "int8", 64) - empty for s in shapes))
     measured = lm.calibrate(teacher, SHAPE)
     assert measured == pytest.approx(target.time_model(teacher, SHAPE, "int8", [64])[64])
-    assert lm.offset == pytest.approx(StairTarget.MODEL_EXTRA_MS)
-    # A pruned variant is predicted from the same entries and offset; the calibration is cached per architecture.
+    assert lm.overhead == pytest.approx(StairTarget.LAYER_EXTRA_MS) and lm.scale == 1
+    # Pruned variants are predicted from the same entries and overhead, a student with fewer layers paying less of
+    # it (a constant offset would over-predict it by 0.003 ms per removed layer); the calibration is cached per
+    # architecture.
     pruned = DependencyGraph(teacher, SHAPE)
     variant = pruned.prune([g for g in pruned.groups() if not g.residual][::3], copy.deepcopy(teacher))
+    table = describe_layers(teacher, input_shape=SHAPE)
+    units = sorted({layer.unit for layer in table.layers if layer.decides})
+    shallow = build_student(teacher, table, Candidate.make(units[:5]), SHAPE)
     other = LatencyModel(LatencyTable(target, tmp_path / "t.json"), "int8", 64)
     calls = target.models_timed
     other.calibrate(teacher, SHAPE)
-    assert target.models_timed == calls and other.offset == pytest.approx(lm.offset)
-    assert other.predict(variant, SHAPE) == pytest.approx(target.time_model(variant, SHAPE, "int8", [64])[64])
+    assert target.models_timed == calls and other.overhead == pytest.approx(lm.overhead)
+    for v in (variant, shallow):
+        assert other.predict(v, SHAPE) == pytest.approx(target.time_model(v, SHAPE, "int8", [64])[64])
 
 
 
@@ -98,7 +104,7 @@ def test_a_model_faster_than_its_layer_sum_is_calibrated_by_a_factor_not_a_negat
     lm = LatencyModel(LatencyTable(target, tmp_path / "t.json"), "int8", 64)
     measured = lm.calibrate(teacher, SHAPE)
     assert measured == pytest.approx(target.time_model(teacher, SHAPE, "int8", [64])[64])
-    assert lm.offset == 0 and lm.scale == pytest.approx(FusingTarget.SHARE)
+    assert lm.overhead == 0 and lm.scale == pytest.approx(FusingTarget.SHARE)
     table = describe_layers(teacher, input_shape=SHAPE)
     units = sorted({layer.unit for layer in table.layers if layer.decides})
     shallow = build_student(teacher, table, Candidate.make(units[: len(units) - 1]), SHAPE)
@@ -270,7 +276,7 @@ def test_profile_times_the_widths_the_prune_pass_may_choose(cli, stair_target, t
     code, out, err = cli("profile", "--model", "cifar_resnet20", "--width-step", "8", "--batch", "1,64", "--quiet")
     assert code == 0, err
     assert f"{len(shapes)} layer shapes of cifar_resnet20" in out and f"{len(shapes) + 1} timed now" in out
-    assert "offset +0.100 ms" in out
+    assert "overhead +0.0030 ms per layer" in out
     code, out, _ = cli("profile", "--model", "cifar_resnet20", "--width-step", "8", "--batch", "1,64", "--quiet")
     assert code == 0 and "0 timed now" in out
     code, _, err = cli("profile", "--model", "cifar_resnet20", "--target", "nowhere")

@@ -239,3 +239,39 @@ def test_pipeline_times_each_target_and_exports_checked_int8_ir(tmp_path, monkey
     assert ir["top1"] == pytest.approx(stages["01_quantize"]["top1"], abs=0.2) and set(ir["latency"]) == {"openvino-cpu"}
     md = (out / "report.md").read_text()
     assert "img/s b64 openvino-cpu | p50 b1 ms ort-cpu" in md and "top-1 % openvino-cpu (f32)" in md
+
+
+def test_layer_timing_counts_kernels_not_reorders_and_adds_fuse(tmp_path, fp32_onnx):
+    """The openvino-cpu latency table times a layer by OpenVINO's per-node counters without the reorders a
+    single-layer graph pays at its boundary; a residual Add costs nothing because the plugin fuses it into a conv:
+    both checked on OpenVINO itself, so an OpenVINO that stops fusing fails here, not silently in the table."""
+    from compressor.runtime.bench import BenchSettings, Timed, measure_onnx_isolated
+    from compressor.runtime.latency_targets import EMPTY, LayerShape, OpenVinoCpuTarget, int8_qdq
+
+    target = OpenVinoCpuTarget(threads=1)
+    shape = LayerShape("conv", 16, 16, 32, 32, 3, 1, 1, act="relu")
+    path = tmp_path / "conv.onnx"
+    onnx.save(target.layer_model(shape, "int8"), path)
+    request = openvino.compile_model(path, 1, "f32", 8, perf_count=True).create_infer_request()
+    request.infer({0: np.zeros((8, 16, 32, 32), np.uint8)})
+    executed = [p for p in request.get_profiling_info() if str(p.status).endswith("EXECUTED")]
+    types = collections.Counter(p.node_type for p in executed)
+    assert types["Reorder"] >= 1 and types["Convolution"] == 1  # the boundary reorders exist and are left out
+    conv_ms = sum(p.real_time.total_seconds() for p in executed if p.node_type == "Convolution") * 1e3
+    assert openvino.kernel_ms(request) == pytest.approx(conv_ms)
+    run = openvino.runner(path, 8, 1, kernels=True)
+    assert 0 < run() < 1e3
+    # Through bench's child: kernels only where asked, and only on OpenVINO.
+    settings = BenchSettings(warmup=0.01, duration=0.05, iterations=3, threads=1)
+    measured = measure_onnx_isolated([Timed(path, "openvino", kernels=True)], [8], settings)
+    assert all(v > 0 for v in measured[8][0][0])
+    done = _child(["--child", str(path), "--batches", "1", "--settings", json.dumps(dataclasses.asdict(settings)),
+                   "--kernels"])
+    assert done.returncode == 2 and "--kernels needs --backend openvino" in done.stderr
+    # Every residual Add of the INT8 ResNet-20 is fused (NOT_RUN), so the table gives an add the empty layer's cost.
+    assert target.deployed_shape(LayerShape("add", 16, 16, 32, 32, act="relu"), "int8") == EMPTY
+    int8 = int8_qdq(onnx.load(fp32_onnx), "openvino-cpu")
+    request = openvino.compile_model(int8.SerializeToString(), 1, "f32", 2, perf_count=True).create_infer_request()
+    request.infer({0: np.zeros((2, 3, 32, 32), np.float32)})
+    adds = [str(p.status) for p in request.get_profiling_info() if p.node_type in ("Add", "Eltwise")]
+    assert len(adds) == 9 and all(s.endswith("NOT_RUN") for s in adds)

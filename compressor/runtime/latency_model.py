@@ -7,14 +7,16 @@ in and timed on the target (:mod:`compressor.runtime.latency_targets`), once per
 thread count. The table lives in ``$COMPRESSOR_CACHE/latency/`` (default ``~/.cache/compressor``), is written
 atomically after every entry and so survives an interrupted profile, which continues where it stopped.
 
-A whole model is predicted as ``empty + scale · Σ (layer − empty) + offset``: ``empty`` is the cost of one inference
-call on a graph that does nothing (every single-layer measurement pays it once, the model pays it once). The
-unpruned model of each architecture is measured whole once (:meth:`LatencyModel.calibrate`). When it runs slower
-than the sum, the difference is work the table does not see (input quantization, layout changes between layers,
-ops it does not model) and becomes ``offset`` (``scale`` 1). When it runs faster, the runtime fuses across layers
-(requantization and residual additions into convolutions, no layer-boundary traffic) and the table over-counts
-every layer: ``scale`` is the measured share of the sum (``offset`` 0). A constant negative offset there would
-predict near-zero or negative latencies for models with fewer layers (N2N students).
+A whole model of n layers is predicted as ``empty + scale · Σ (layer − empty) + n · overhead``: ``empty`` is the
+cost of one inference call on a graph that does nothing (every single-layer measurement pays it once, the model
+pays it once). The unpruned model of each architecture is measured whole once (:meth:`LatencyModel.calibrate`).
+When it runs slower than the sum, the difference is work the runtime does around every layer that a layer's own
+timing does not see (OpenVINO's per-node counters leave out the dispatch between nodes) and is spread over its
+layers as ``overhead`` (``scale`` 1); a model with fewer layers (an N2N student) pays less of it. When it runs
+faster, the runtime fuses across layers (requantization and residual additions into convolutions, no
+layer-boundary traffic) and the table over-counts every layer: ``scale`` is the measured share of the sum
+(``overhead`` 0). A negative overhead there would predict near-zero or negative latencies for models with fewer
+layers.
 """
 
 from __future__ import annotations
@@ -284,7 +286,8 @@ class LatencyModel:
     precision: str = "int8"
     batch: int = 64
     progress: bool = False
-    offset: float = 0.0
+    overhead: float = 0.0
+    """ms per layer that a whole model pays beyond its layers' own costs (module docstring)."""
     scale: float = 1.0
 
     def layer_ms(self, shapes: list[LayerShape]) -> list[float]:
@@ -301,9 +304,10 @@ class LatencyModel:
         return sum(cache[s] for s in shapes)
 
     def predict_shapes(self, shapes: list[LayerShape]) -> float:
-        """Whole-model latency of a model made of ``shapes`` (ms): empty call + scaled own costs + offset."""
+        """Whole-model latency of a model made of ``shapes`` (ms): empty call + scaled own costs + overheads."""
         self.table.measure([], self.precision, [self.batch], self.progress)
-        return self.table.get(EMPTY, self.precision, self.batch) + self.scale * self.cost(shapes) + self.offset
+        return (self.table.get(EMPTY, self.precision, self.batch) + self.scale * self.cost(shapes)
+                + self.overhead * len(shapes))
 
     def predict(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
         return self.predict_shapes([layer.shape for layer in describe(model, input_shape)])
@@ -335,10 +339,11 @@ class LatencyModel:
         return self.table.offsets[f"fp32|{key}"], self.table.offsets[f"own|{key}"]
 
     def calibrate(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
-        """Measure ``model`` whole and set ``offset`` or ``scale`` (module docstring) so that its prediction equals
+        """Measure ``model`` whole and set ``overhead`` or ``scale`` (module docstring) so that its prediction equals
         the measurement. The difference from the table's sum is cached in the table per architecture, so a second
         pass over the same model measures nothing. Returns the measurement."""
-        own = self.cost([layer.shape for layer in describe(model, input_shape)])
+        shapes = [layer.shape for layer in describe(model, input_shape)]
+        own = self.cost(shapes)
         self.table.measure([], self.precision, [self.batch], self.progress)
         empty = self.table.get(EMPTY, self.precision, self.batch)
         key = f"{self.precision}|b{self.batch}|{_digest(model, input_shape)}"
@@ -347,10 +352,10 @@ class LatencyModel:
             self.table.save()
         difference = self.table.offsets[key]
         if difference >= 0 or own <= 0:
-            self.offset, self.scale = difference, 1.0
+            self.overhead, self.scale = difference / max(len(shapes), 1), 1.0
         else:
-            self.offset, self.scale = 0.0, max(own + difference, 0.0) / own
-        return empty + self.scale * own + self.offset
+            self.overhead, self.scale = 0.0, max(own + difference, 0.0) / own
+        return empty + self.scale * own + self.overhead * len(shapes)
 
 
 def _digest(model: nn.Module, input_shape: tuple[int, ...]) -> str:

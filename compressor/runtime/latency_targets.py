@@ -309,7 +309,7 @@ class OrtCpuTarget:
         return interior(model) if precision == "int8" else model
 
     def _time(self, models: list[onnx.ModelProto], batches: list[int], duration: float,
-              rounds: int = 1) -> list[dict[int, float]]:
+              rounds: int = 1, layer: bool = False) -> list[dict[int, float]]:
         from compressor.runtime.bench import BenchSettings, measure_onnx_isolated
 
         settings = BenchSettings(warmup=self.warmup, duration=duration * rounds, iterations=5 * rounds,
@@ -319,11 +319,11 @@ class OrtCpuTarget:
             for model, path in zip(models, paths):
                 onnx.save(model, path)
             # Each window a fresh process holding one session; several models alternate window by window.
-            measured = measure_onnx_isolated([self.timed(p) for p in paths], batches, settings, windows=rounds)
+            measured = measure_onnx_isolated([self.timed(p, layer) for p in paths], batches, settings, windows=rounds)
         return [{b: float(np.median(measured[b][i][0])) for b in batches} for i in range(len(models))]
 
-    def timed(self, path: Path):  # noqa: ANN201
-        """How bench's child process runs ``path`` on this target."""
+    def timed(self, path: Path, layer: bool = False):  # noqa: ANN201
+        """How bench's child process runs ``path`` on this target (``layer``: a single-layer model)."""
         from compressor.runtime.bench import Timed
 
         return Timed(path)
@@ -333,7 +333,7 @@ class OrtCpuTarget:
         # the knapsack sees a flat step, not noise between copies of one measurement.
         key = (self.deployed_shape(shape, precision), precision, tuple(batches))
         if key not in self._timed:
-            self._timed[key] = self._time([self.layer_model(shape, precision)], batches, self.duration)[0]
+            self._timed[key] = self._time([self.layer_model(shape, precision)], batches, self.duration, layer=True)[0]
         return self._timed[key]
 
     def time_models(self, models: list[tuple[nn.Module, str]], input_shape: tuple[int, ...], batches: list[int],
@@ -366,12 +366,21 @@ class OpenVinoCpuTarget(OrtCpuTarget):
         # update of either changes what is timed.
         own = super().fingerprint()
         return {**own, "emitter": own["runtime"], "runtime": f"openvino {ov.__version__}",
-                "precision_hint": self.precision_hint}
+                "precision_hint": self.precision_hint, "layer_timing": "per-node counters, reorders excluded"}
 
-    def timed(self, path: Path):  # noqa: ANN201
+    def deployed_shape(self, shape: LayerShape, precision: str) -> LayerShape:
+        """As on ort-cpu, except that a residual Add deploys as nothing: OpenVINO's CPU plugin fuses it into the
+        convolution that writes one operand (its counters show every Add of ResNet-56 and MobileNetV2 NOT_RUN,
+        FP32 and INT8), so the table gives it the empty layer's cost, zero."""
+        return EMPTY if shape.kind == "add" else super().deployed_shape(shape, precision)
+
+    def timed(self, path: Path, layer: bool = False):  # noqa: ANN201
         from compressor.runtime.bench import Timed
 
-        return Timed(path, "openvino", self.precision_hint)
+        # A layer is timed by OpenVINO's per-node counters, without the reorders into and out of its blocked
+        # layout and the call's overhead, which a single-layer graph pays and a whole model does not between
+        # layers: summed call timings over-counted a ResNet-56 4.5-fold (docs/lab-notes/latency.md).
+        return Timed(path, "openvino", self.precision_hint, kernels=layer)
 
 
 TARGETS: dict[str, Callable[..., LatencyTarget]] = {"ort-cpu": OrtCpuTarget, "openvino-cpu": OpenVinoCpuTarget}

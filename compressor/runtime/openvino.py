@@ -41,13 +41,15 @@ def import_openvino() -> Any:
 
 
 def compile_model(model: str | Path | bytes | Any, threads: int = 0, precision: str = "f32",
-                  batch: int | None = None, input_shape: tuple[int, ...] | None = None) -> Any:
+                  batch: int | None = None, input_shape: tuple[int, ...] | None = None,
+                  perf_count: bool = False) -> Any:
     """A CPU ``CompiledModel`` of an .onnx or .xml file, ONNX bytes or an ``openvino.Model``.
 
     ``threads``: inference threads (0 lets OpenVINO choose), one stream, as an ONNX Runtime session with that many
     intra-op threads. ``precision``: one of :data:`PRECISIONS`. ``batch``: compile for that static batch size
     (what a deployment does; without it OpenVINO compiles for the dynamic batch axis of our exports).
-    ``input_shape``: C,H,W to fix dynamic image dims at (with ``batch``)."""
+    ``input_shape``: C,H,W to fix dynamic image dims at (with ``batch``). ``perf_count``: keep per-node
+    timings (``InferRequest.get_profiling_info``)."""
     if precision not in PRECISIONS:
         raise CompressorError(f"unknown OpenVINO precision {precision!r}; choose {' | '.join(PRECISIONS)}")
     ov = import_openvino()
@@ -71,6 +73,8 @@ def compile_model(model: str | Path | bytes | Any, threads: int = 0, precision: 
             config["INFERENCE_NUM_THREADS"] = threads
         if precision != "default":
             config["INFERENCE_PRECISION_HINT"] = precision
+        if perf_count:
+            config["PERF_COUNT"] = True
         return core.compile_model(net, "CPU", config)
     except RuntimeError as exc:
         name = Path(model).name if isinstance(model, (str, Path)) else "the model"
@@ -88,9 +92,12 @@ def openvino_reason(exc: BaseException) -> str:
 
 
 def runner(path: str | Path, batch: int, threads: int, precision: str = "f32", inputs: np.ndarray | None = None,
-           input_shape: tuple[int, ...] | None = None):
-    """One synchronous inference of ``batch`` images per call, as ``bench.onnx_runner`` for ONNX Runtime."""
-    compiled = compile_model(path, threads, precision, batch, input_shape)
+           input_shape: tuple[int, ...] | None = None, kernels: bool = False):
+    """One synchronous inference of ``batch`` images per call, as ``bench.onnx_runner`` for ONNX Runtime.
+
+    ``kernels``: each call returns the summed time (ms) of the nodes OpenVINO executed, less the reorders between
+    layouts (:func:`kernel_ms`), instead of being timed from outside."""
+    compiled = compile_model(path, threads, precision, batch, input_shape, perf_count=kernels)
     request = compiled.create_infer_request()
     if inputs is None:  # every input random, of its own element type (a quantized layer reads uint8 / int8)
         rng = np.random.default_rng(0)
@@ -101,7 +108,23 @@ def runner(path: str | Path, batch: int, threads: int, precision: str = "f32", i
                        if np.issubdtype(dtype, np.integer) else rng.standard_normal(shape).astype(dtype))
     else:
         feed = {0: np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)}
-    return lambda: request.infer(feed) and None
+
+    def run() -> float | None:
+        request.infer(feed)
+        return kernel_ms(request) if kernels else None
+
+    return run
+
+
+def kernel_ms(request: Any) -> float:
+    """The compute time (ms) of the last inference of a request compiled with ``perf_count``: every executed node
+    except ``Reorder``. A layer timed alone pays a reorder from the plain layout into the kernel's blocked one and
+    back, and one inference call; inside a whole model neither happens between layers (the per-node counters of a
+    compiled ResNet-56 add up to its measured latency, docs/latency.md), so this is the layer's cost as the model
+    pays it. Fused nodes (a residual Add, a requantization) report ``NOT_RUN`` and count in the node that absorbed
+    them."""
+    return sum(p.real_time.total_seconds() for p in request.get_profiling_info()
+               if p.node_type != "Reorder" and str(p.status).endswith("EXECUTED")) * 1e3
 
 
 def predict(model: str | Path | bytes | Any, images: np.ndarray, precision: str = "f32", threads: int = 0,
