@@ -109,8 +109,9 @@ def main() -> None:
         raw = [empty + o for o in own]
         difference = measured[0][b] - raw[0]  # as LatencyModel.calibrate, from the unpruned model
         factor = max(own[0] + difference, 0.0) / own[0]
-        per_layer = difference / len(shapes[0])
-        forms = {"overhead": [r + per_layer * len(s) for r, s in zip(raw, shapes)], "offset": [r + difference for r in raw],
+        counts = [lm.count(s) for s in shapes]
+        per_layer = difference / counts[0]
+        forms = {"overhead": [r + per_layer * n for r, n in zip(raw, counts)], "offset": [r + difference for r in raw],
                  "factor": [empty + factor * o for o in own], "uncalibrated": raw}
         forms["deployed"] = forms["overhead"] if difference >= 0 else forms["factor"]
         rows = [{"variant": i, "kind": kinds[i], "measured_ms": measured[i][b],

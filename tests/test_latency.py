@@ -317,3 +317,32 @@ def test_single_layer_models_run_in_their_deployed_form(shape):
         expected = (2, cout, *shape.out_hw) if shape.kind not in ("pool", "linear") else (2, cout)
         assert shape.kind != "conv" or not any(n.op_type == "Pad" for n in model.graph.node)
         assert out.shape == expected and (precision == "fp32" or out.dtype == np.uint8)
+
+
+class FusedAddTarget(StairTarget):
+    """A runtime that fuses every residual Add into a conv (as OpenVINO does): an add deploys as nothing, costs
+    nothing and is not dispatched, so it pays no per-layer extra either."""
+
+    @staticmethod
+    def deployed_shape(shape, precision):
+        return EMPTY if shape.kind == "add" else shape
+
+    def time_model(self, model, input_shape, precision, batches):
+        shapes = [layer.shape for layer in describe(model, tuple(input_shape)) if layer.shape.kind != "add"]
+        return {b: self.EMPTY_MS + sum(self.LAYER_EXTRA_MS + self.own_ms(s, precision, b) for s in shapes)
+                for b in batches}
+
+
+def test_a_fused_add_costs_nothing_and_pays_no_overhead(teacher, tmp_path):
+    target = FusedAddTarget()
+    lm = LatencyModel(LatencyTable(target, tmp_path / "t.json"), "int8", 64)
+    shapes = [layer.shape for layer in describe(teacher, SHAPE)]
+    adds = [s for s in shapes if s.kind == "add"]
+    assert len(adds) == 9 and lm.layer_ms(adds) == [0.0] * 9 and lm.count(shapes) == len(shapes) - 9
+    assert all(lm.table.get(s, "int8", 64) is None for s in adds)  # never timed
+    lm.calibrate(teacher, SHAPE)
+    assert lm.overhead == pytest.approx(StairTarget.LAYER_EXTRA_MS)
+    table = describe_layers(teacher, input_shape=SHAPE)
+    units = sorted({layer.unit for layer in table.layers if layer.decides})
+    shallow = build_student(teacher, table, Candidate.make(units[:5]), SHAPE)
+    assert lm.predict(shallow, SHAPE) == pytest.approx(target.time_model(shallow, SHAPE, "int8", [64])[64])

@@ -7,16 +7,15 @@ in and timed on the target (:mod:`compressor.runtime.latency_targets`), once per
 thread count. The table lives in ``$COMPRESSOR_CACHE/latency/`` (default ``~/.cache/compressor``), is written
 atomically after every entry and so survives an interrupted profile, which continues where it stopped.
 
-A whole model of n layers is predicted as ``empty + scale · Σ (layer − empty) + n · overhead``: ``empty`` is the
-cost of one inference call on a graph that does nothing (every single-layer measurement pays it once, the model
-pays it once). The unpruned model of each architecture is measured whole once (:meth:`LatencyModel.calibrate`).
-When it runs slower than the sum, the difference is work the runtime does around every layer that a layer's own
-timing does not see (OpenVINO's per-node counters leave out the dispatch between nodes) and is spread over its
-layers as ``overhead`` (``scale`` 1); a model with fewer layers (an N2N student) pays less of it. When it runs
-faster, the runtime fuses across layers (requantization and residual additions into convolutions, no
-layer-boundary traffic) and the table over-counts every layer: ``scale`` is the measured share of the sum
-(``overhead`` 0). A negative overhead there would predict near-zero or negative latencies for models with fewer
-layers.
+A whole model whose n layers run is predicted as ``empty + scale · Σ (layer − empty) + n · overhead``. ``empty``
+is the cost of one inference call on a graph that does nothing (every single-layer measurement pays it once, the
+model pays it once). The unpruned model of each architecture is measured whole once (:meth:`LatencyModel.calibrate`).
+When it runs slower than the sum, the difference is work the runtime does around every layer that a layer timed
+alone does not show, and is spread over the layers that run as ``overhead`` (``scale`` 1): a model with fewer
+layers (an N2N student) pays less of it. When it runs faster, the runtime fuses across layers (requantization and
+residual additions into convolutions, no layer-boundary traffic) and the table over-counts every layer: ``scale``
+is the measured share of the sum (``overhead`` 0). A negative overhead there would predict near-zero or negative
+latencies for models with fewer layers.
 """
 
 from __future__ import annotations
@@ -134,7 +133,7 @@ def _signature(model: nn.Module, input_shape: tuple[int, ...]) -> tuple:
 
 def describe(model: nn.Module, input_shape: tuple[int, ...]) -> list[Layer]:
     """The layers of ``model`` the latency model times, in execution order (BatchNorm and activations are fused
-    into the layer before them; reshapes are free; anything else is left to the calibration offset). Cached per
+    into the layer before them; reshapes are free; anything else is left to the calibration). Cached per
     architecture: a search predicts the same model many times."""
     key = _signature(model, input_shape)
     if key not in _DESCRIBED:
@@ -290,11 +289,19 @@ class LatencyModel:
     """ms per layer that a whole model pays beyond its layers' own costs (module docstring)."""
     scale: float = 1.0
 
+    def runs(self, shape: LayerShape) -> bool:
+        """Whether the layer runs as a layer of its own on the target (an Add that OpenVINO fuses does not)."""
+        deployed = getattr(self.table.target, "deployed_shape", None)
+        return deployed is None or deployed(shape, self.precision) != EMPTY
+
     def layer_ms(self, shapes: list[LayerShape]) -> list[float]:
-        """Each shape's own cost (its measurement less the empty call, never below 0), timing missing ones."""
-        self.table.measure(shapes, self.precision, [self.batch], self.progress)
+        """Each shape's own cost (its measurement less the empty call, never below 0; 0 for a layer that does not
+        run), timing missing ones."""
+        running = [s for s in shapes if self.runs(s)]
+        self.table.measure(running, self.precision, [self.batch], self.progress)
         empty = self.table.get(EMPTY, self.precision, self.batch)
-        return [max(0.0, self.table.get(s, self.precision, self.batch) - empty) for s in shapes]
+        return [max(0.0, self.table.get(s, self.precision, self.batch) - empty) if self.runs(s) else 0.0
+                for s in shapes]
 
     def cost(self, shapes: list[LayerShape]) -> float:
         """The summed own costs of ``shapes`` (ms)."""
@@ -307,7 +314,11 @@ class LatencyModel:
         """Whole-model latency of a model made of ``shapes`` (ms): empty call + scaled own costs + overheads."""
         self.table.measure([], self.precision, [self.batch], self.progress)
         return (self.table.get(EMPTY, self.precision, self.batch) + self.scale * self.cost(shapes)
-                + self.overhead * len(shapes))
+                + self.overhead * self.count(shapes))
+
+    def count(self, shapes: list[LayerShape]) -> int:
+        """How many of ``shapes`` run as layers of their own: what pays ``overhead``."""
+        return sum(map(self.runs, shapes))
 
     def predict(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
         return self.predict_shapes([layer.shape for layer in describe(model, input_shape)])
@@ -352,10 +363,10 @@ class LatencyModel:
             self.table.save()
         difference = self.table.offsets[key]
         if difference >= 0 or own <= 0:
-            self.overhead, self.scale = difference / max(len(shapes), 1), 1.0
+            self.overhead, self.scale = difference / max(self.count(shapes), 1), 1.0
         else:
             self.overhead, self.scale = 0.0, max(own + difference, 0.0) / own
-        return empty + self.scale * own + self.overhead * len(shapes)
+        return empty + self.scale * own + self.overhead * self.count(shapes)
 
 
 def _digest(model: nn.Module, input_shape: tuple[int, ...]) -> str:

@@ -366,7 +366,8 @@ class OpenVinoCpuTarget(OrtCpuTarget):
         # update of either changes what is timed.
         own = super().fingerprint()
         return {**own, "emitter": own["runtime"], "runtime": f"openvino {ov.__version__}",
-                "precision_hint": self.precision_hint, "layer_timing": "per-node counters, reorders excluded"}
+                "precision_hint": self.precision_hint,
+                "layer_timing": "call less its layout reorders; a residual Add fused (costs nothing)"}
 
     def deployed_shape(self, shape: LayerShape, precision: str) -> LayerShape:
         """As on ort-cpu, except that a residual Add deploys as nothing: OpenVINO's CPU plugin fuses it into the
@@ -377,10 +378,9 @@ class OpenVinoCpuTarget(OrtCpuTarget):
     def timed(self, path: Path, layer: bool = False):  # noqa: ANN201
         from compressor.runtime.bench import Timed
 
-        # A layer is timed by OpenVINO's per-node counters, without the reorders into and out of its blocked
-        # layout and the call's overhead, which a single-layer graph pays and a whole model does not between
-        # layers: summed call timings over-counted a ResNet-56 4.5-fold (docs/lab-notes/latency.md).
-        return Timed(path, "openvino", self.precision_hint, kernels=layer)
+        # A single-layer graph pays reorders into and out of its kernel's blocked layout that a whole model does
+        # not pay between layers: with them the layer sum over-counted a ResNet-56 4.5-fold (docs/latency.md).
+        return Timed(path, "openvino", self.precision_hint, less_reorders=layer)
 
 
 TARGETS: dict[str, Callable[..., LatencyTarget]] = {"ort-cpu": OrtCpuTarget, "openvino-cpu": OpenVinoCpuTarget}
