@@ -187,15 +187,15 @@ class Timed:
     path: str | Path
     backend: str = "onnxruntime-cpu"
     precision: str = "f32"
-    less_reorders: bool = False
-    """OpenVINO only: each call's time less the graph's layout reorders (``openvino.reorder_ms``)."""
+    kernels: bool = False
+    """OpenVINO only: time the graph's kernels from its per-node counters (``openvino.KernelClock``)."""
 
     def __post_init__(self) -> None:
-        if self.less_reorders and self.backend != "openvino":
+        if self.kernels and self.backend != "openvino":
             raise CompressorError(f"timing less the layout reorders needs the openvino backend, not {self.backend}")
 
     def label(self) -> str:
-        hint = f", {self.precision}{', less reorders' if self.less_reorders else ''}" if self.backend == "openvino" else ""
+        hint = f", {self.precision}{', kernels' if self.kernels else ''}" if self.backend == "openvino" else ""
         return f"{self.path} [{self.backend}{hint}]"
 
 
@@ -273,8 +273,8 @@ def measure_onnx_isolated(paths: list[str | Path | Timed], batches: list[int], s
                 cmd += ["--inputs", str(inputs)]
             if input_shape is not None:
                 cmd += ["--shape", ",".join(map(str, input_shape))]
-            if spec.less_reorders:
-                cmd += ["--less-reorders"]
+            if spec.kernels:
+                cmd += ["--kernels"]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -315,10 +315,10 @@ def _child() -> None:
     p.add_argument("--shape", help="C,H,W of the random input (for dynamic input dims)")
     p.add_argument("--backend", default="onnxruntime-cpu", choices=CHILD_BACKENDS)
     p.add_argument("--precision", default="f32", help="OpenVINO precision hint: f32 | bf16 | default")
-    p.add_argument("--less-reorders", action="store_true", help="OpenVINO: each call's time less its layout reorders")
+    p.add_argument("--kernels", action="store_true", help="OpenVINO: time the kernels from its per-node counters")
     args = p.parse_args()
-    if args.less_reorders and args.backend != "openvino":
-        p.error("--less-reorders needs --backend openvino")
+    if args.kernels and args.backend != "openvino":
+        p.error("--kernels needs --backend openvino")
     shape = None if args.shape is None else tuple(map(int, args.shape.split(",")))
     settings = BenchSettings(**json.loads(args.settings))
     inputs = None if args.inputs is None else np.load(args.inputs)
@@ -326,7 +326,7 @@ def _child() -> None:
         from compressor.runtime.openvino import runner as openvino_runner
 
         def make(b: int) -> Runner:
-            return openvino_runner(args.child, b, settings.threads, args.precision, inputs, shape, args.less_reorders)
+            return openvino_runner(args.child, b, settings.threads, args.precision, inputs, shape, args.kernels)
     else:
         def make(b: int) -> Runner:
             return onnx_runner(args.child, b, settings.threads, inputs, shape)

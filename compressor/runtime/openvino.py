@@ -13,7 +13,6 @@ deployment to OpenVINO has its accuracy measured with the hint it ships with.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,12 +92,12 @@ def openvino_reason(exc: BaseException) -> str:
 
 
 def runner(path: str | Path, batch: int, threads: int, precision: str = "f32", inputs: np.ndarray | None = None,
-           input_shape: tuple[int, ...] | None = None, less_reorders: bool = False):
+           input_shape: tuple[int, ...] | None = None, kernels: bool = False):
     """One synchronous inference of ``batch`` images per call, as ``bench.onnx_runner`` for ONNX Runtime.
 
-    ``less_reorders``: each call returns its own wall time (ms) less the graph's layout reorders
-    (:func:`reorder_ms`): what the graph costs as a part of a bigger model."""
-    compiled = compile_model(path, threads, precision, batch, input_shape, perf_count=less_reorders)
+    ``kernels``: each call returns the graph's kernel time (ms) from OpenVINO's per-node counters instead of being
+    timed from outside (:class:`KernelClock`)."""
+    compiled = compile_model(path, threads, precision, batch, input_shape, perf_count=kernels)
     request = compiled.create_infer_request()
     if inputs is None:  # every input random, of its own element type (a quantized layer reads uint8 / int8)
         rng = np.random.default_rng(0)
@@ -109,28 +108,41 @@ def runner(path: str | Path, batch: int, threads: int, precision: str = "f32", i
                        if np.issubdtype(dtype, np.integer) else rng.standard_normal(shape).astype(dtype))
     else:
         feed = {0: np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])), dtype=np.float32)}
+    clock = KernelClock(request) if kernels else None
 
     def run() -> float | None:
-        if not less_reorders:
-            request.infer(feed)
-            return None
-        start = time.perf_counter()
         request.infer(feed)
-        return (time.perf_counter() - start) * 1e3 - reorder_ms(request)
+        return clock.tick() if clock is not None else None
 
     return run
 
 
-def reorder_ms(request: Any) -> float:
-    """The time (ms) a request compiled with ``perf_count`` spends per inference in layout ``Reorder`` nodes.
+class KernelClock:
+    """The kernel time (ms) of a request compiled with ``perf_count``: the nodes OpenVINO executed except its layout
+    ``Reorder``s.
 
-    A single layer's graph pays a reorder from the plain layout into its kernel's blocked one and back; inside a
-    whole model layers hand each other the blocked layout, and those reorders happen once at the model's edges
-    (a compiled ResNet-56 INT8 runs one). OpenVINO's counters are running means over every inference since
-    compilation, in whole microseconds: good for a cost that barely varies, like a reorder, but not for timing the
-    convolution itself, which is timed from outside."""
-    return sum(p.real_time.total_seconds() for p in request.get_profiling_info()
-               if p.node_type == "Reorder" and str(p.status).endswith("EXECUTED")) * 1e3
+    Why: a single layer's graph pays a reorder from the plain layout into its kernel's blocked one and back, and
+    the copies of its inputs and outputs, which a whole model does not pay between layers; its executed nodes are
+    what the layer costs inside a model (the counters of a compiled ResNet-56 INT8 add up to 6.18 of its 6.27 ms at
+    batch 64). OpenVINO reports each node's mean over every inference since compilation, in whole microseconds, so
+    ``tick`` (called once after each inference) returns the mean over the inferences since the first ``skip``:
+    the first, slow ones (lazy allocation) drop out, and the rounding costs at most about 1 µs per node."""
+
+    def __init__(self, request: Any, skip: int = 5):
+        self.request, self.skip, self.calls, self.base = request, skip, 0, (0, 0.0)
+
+    def total_us(self) -> float:
+        """Summed kernel time of all inferences so far (µs): each node's running mean times the count."""
+        return self.calls * sum(p.real_time.total_seconds() * 1e6 for p in self.request.get_profiling_info()
+                                if p.node_type != "Reorder" and str(p.status).endswith("EXECUTED"))
+
+    def tick(self) -> float:
+        self.calls += 1
+        total = self.total_us()
+        if self.calls <= self.skip:
+            self.base = (self.calls, total)
+            return total / self.calls / 1e3
+        return (total - self.base[1]) / (self.calls - self.base[0]) / 1e3
 
 
 def predict(model: str | Path | bytes | Any, images: np.ndarray, precision: str = "f32", threads: int = 0,
