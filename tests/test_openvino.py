@@ -9,6 +9,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import onnx
@@ -247,7 +248,7 @@ def test_layers_are_timed_by_their_kernels_and_adds_fuse_into_convs(tmp_path, fp
     plugin fuses it into a conv: both checked on OpenVINO itself, so an OpenVINO that stops fusing fails here, not
     silently in the table."""
     from compressor.runtime import bench
-    from compressor.runtime.bench import Timed
+    from compressor.runtime.bench import BenchSettings, Timed, measure_onnx_isolated
     from compressor.runtime.latency_targets import EMPTY, LayerShape, OpenVinoCpuTarget, int8_qdq
 
     target = OpenVinoCpuTarget(threads=1)
@@ -256,15 +257,25 @@ def test_layers_are_timed_by_their_kernels_and_adds_fuse_into_convs(tmp_path, fp
     onnx.save(target.layer_model(shape, "int8"), path)
     request = openvino.compile_model(path, 1, "f32", 8, perf_count=True).create_infer_request()
     clock = openvino.KernelClock(request, skip=2)
-    for _ in range(4):
+    conv_us = {}
+    for call in range(1, 5):
         request.infer({0: np.zeros((8, 16, 32, 32), np.uint8)})
         kernel = clock.tick()
-    executed = [p for p in request.get_profiling_info() if str(p.status).endswith("EXECUTED")]
+        executed = [p for p in request.get_profiling_info() if str(p.status).endswith("EXECUTED")]
+        conv_us[call] = sum(p.real_time.total_seconds() * 1e6 for p in executed if p.node_type == "Convolution")
     types = collections.Counter(p.node_type for p in executed)
-    assert types["Reorder"] >= 1 and types["Convolution"] == 1  # the boundary reorders exist and are left out
-    assert 0 < kernel < sum(p.real_time.total_seconds() * 1e3 for p in executed)
+    assert types["Reorder"] >= 1 and set(types) == {"Reorder", "Convolution"}  # the boundary reorders exist
+    # The mean of calls 3 and 4 from the running means after calls 2 and 4, the conv alone: Reorders left out.
+    assert kernel == pytest.approx((4 * conv_us[4] - 2 * conv_us[2]) / 2 / 1e3)
     run = openvino.runner(path, 8, 1, kernels=True)
     assert 0 < run() < 1e3 and openvino.runner(path, 8, 1)() is None
+    # Through bench's child process, and only on OpenVINO.
+    settings = BenchSettings(warmup=0.01, duration=0.05, iterations=8, threads=1)
+    measured = measure_onnx_isolated([Timed(path, "openvino", kernels=True)], [8], settings)
+    assert all(v > 0 for v in measured[8][0][0])
+    done = _child(["--child", str(path), "--batches", "1", "--settings", json.dumps(dataclasses.asdict(settings)),
+                   "--kernels"])
+    assert done.returncode == 2 and "--kernels needs --backend openvino" in done.stderr
     # The table times layers less their reorders and whole models as they are.
     specs = []
 
@@ -293,20 +304,22 @@ def test_layers_are_timed_by_their_kernels_and_adds_fuse_into_convs(tmp_path, fp
 
 
 def test_kernel_clock_averages_the_inferences_after_the_first_ones():
-    """OpenVINO's counters are running means since compilation in whole microseconds; the clock must give the mean
-    of the calls after ``skip`` (a slow first call left out) and leave the Reorders out."""
-    durations = {"Convolution": [900.0, 50.0, 40.0, 60.0, 50.0, 50.0], "Reorder": [30.0] * 6}
+    """OpenVINO's counters are running means since compilation of per-call times truncated to whole microseconds;
+    the clock must give the mean of the calls after ``skip`` (a slow first call left out), without the Reorders
+    and the nodes that did not run."""
+    durations = {"Convolution": [900.4, 50.7, 40.2, 60.9, 50.5, 50.1], "Reorder": [30.0] * 6, "Add": [0.0] * 6}
     seen = {k: [] for k in durations}
 
     class Node:
-        def __init__(self, kind, mean_us):
-            self.node_type, self.status = kind, "Status.EXECUTED"
-            self.real_time = dataclasses.make_dataclass("T", [])()
-            self.real_time.total_seconds = lambda: (mean_us // 1) / 1e6  # whole microseconds, as OpenVINO
+        def __init__(self, kind, times):
+            self.node_name, self.node_type = kind.lower(), kind
+            self.status = "Status.EXECUTED" if sum(times) else "Status.NOT_RUN"
+            mean_us = sum(int(t) for t in times) // len(times)  # truncated per call, mean floored, as OpenVINO
+            self.real_time = types.SimpleNamespace(total_seconds=lambda: mean_us / 1e6)
 
     class Request:
         def get_profiling_info(self):
-            return [Node(k, sum(v) / len(v)) for k, v in seen.items()]
+            return [Node(k, v) for k, v in seen.items()]
 
     clock = openvino.KernelClock(Request(), skip=1)
     ticks = []
@@ -314,5 +327,6 @@ def test_kernel_clock_averages_the_inferences_after_the_first_ones():
         for k in durations:
             seen[k].append(durations[k][i])
         ticks.append(clock.tick())
-    assert ticks[0] == pytest.approx(0.9)  # before the skip: the running mean, Reorders out
-    assert ticks[-1] == pytest.approx(np.mean(durations["Convolution"][1:]) / 1e3, abs=2e-3)
+    assert ticks[0] == pytest.approx(0.900)  # before the skip: the running mean, Reorders out
+    truth = np.mean(durations["Convolution"][1:]) / 1e3
+    assert abs(ticks[-1] - truth) < 2e-3 and abs(ticks[-1] - np.mean(durations["Convolution"]) / 1e3) > 0.1

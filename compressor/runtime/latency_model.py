@@ -9,7 +9,8 @@ atomically after every entry and so survives an interrupted profile, which conti
 
 A whole model whose n layers run is predicted as ``empty + scale · Σ (layer − empty) + n · overhead``. ``empty``
 is the cost of one inference call on a graph that does nothing (every single-layer measurement pays it once, the
-model pays it once). The unpruned model of each architecture is measured whole once (:meth:`LatencyModel.calibrate`).
+model pays it once; on openvino-cpu, whose layers are timed by their kernels, it is about 0 and the call's cost
+falls to the calibration). The unpruned model of each architecture is measured whole once (:meth:`LatencyModel.calibrate`).
 When it runs slower than the sum, the difference is work the runtime does around every layer that a layer timed
 alone does not show, and is spread over the layers that run as ``overhead`` (``scale`` 1): a model with fewer
 layers (an N2N student) pays less of it. When it runs faster, the runtime fuses across layers (requantization and

@@ -237,6 +237,9 @@ class LatencyTarget(Protocol):
 
     def fingerprint(self) -> dict[str, str]: ...
 
+    # Optional: ``deployed_shape(shape, precision)``, the shape a layer runs at; EMPTY for a layer the runtime
+    # fuses away (``LatencyModel.runs``). Targets without it run every layer as described.
+
     def time_layer(self, shape: LayerShape, precision: str, batches: list[int]) -> dict[int, float]: ...
 
     def time_models(self, models: list[tuple[nn.Module, str]], input_shape: tuple[int, ...], batches: list[int],
@@ -359,7 +362,7 @@ class OpenVinoCpuTarget(OrtCpuTarget):
     channel_multiple: int = 1  # its emission pads nothing: OpenVINO takes any channel count
 
     def fingerprint(self) -> dict[str, str]:
-        from compressor.runtime.openvino import import_openvino
+        from compressor.runtime.openvino import KernelClock, import_openvino
 
         ov = import_openvino()
         # Its INT8 layers are emitted by ONNX Runtime's quantizer (the ort-cpu fingerprint's "runtime"), so an
@@ -367,12 +370,13 @@ class OpenVinoCpuTarget(OrtCpuTarget):
         own = super().fingerprint()
         return {**own, "emitter": own["runtime"], "runtime": f"openvino {ov.__version__}",
                 "precision_hint": self.precision_hint,
-                "layer_timing": "kernel counters less reorders, mean after 5 calls; a residual Add fused"}
+                "layer_timing": f"kernel counters less reorders, mean after {KernelClock.SKIP} calls; a residual "
+                                 "Add fused"}
 
     def deployed_shape(self, shape: LayerShape, precision: str) -> LayerShape:
         """As on ort-cpu, except that a residual Add deploys as nothing: OpenVINO's CPU plugin fuses it into the
-        convolution that writes one operand (its counters show every Add of ResNet-56 and MobileNetV2 NOT_RUN,
-        FP32 and INT8), so the table gives it the empty layer's cost, zero."""
+        convolution that writes one operand (its execution graph folds every Add of ResNet-56 and MobileNetV2 into
+        a convolution, FP32 and INT8), so it is never timed and costs nothing (``LatencyModel.runs``)."""
         return EMPTY if shape.kind == "add" else super().deployed_shape(shape, precision)
 
     def timed(self, path: Path, layer: bool = False):  # noqa: ANN201

@@ -124,25 +124,32 @@ class KernelClock:
     Why: a single layer's graph pays a reorder from the plain layout into its kernel's blocked one and back, and
     the copies of its inputs and outputs, which a whole model does not pay between layers; its executed nodes are
     what the layer costs inside a model (the counters of a compiled ResNet-56 INT8 add up to 6.18 of its 6.27 ms at
-    batch 64). OpenVINO reports each node's mean over every inference since compilation, in whole microseconds, so
-    ``tick`` (called once after each inference) returns the mean over the inferences since the first ``skip``:
-    the first, slow ones (lazy allocation) drop out, and the rounding costs at most about 1 µs per node."""
+    batch 64). OpenVINO reports each node's mean over every inference since compilation, in whole microseconds
+    (each call truncated, so a node reads up to 1 µs low per call). ``tick``, called once after each inference,
+    returns the mean over the inferences since the first ``SKIP`` (the first, slow ones drop out), node by node.
+    Its values are cumulative means, not per-call times: the median that ``bench.measure`` takes of them is the
+    mean over the first half of the window."""
 
-    def __init__(self, request: Any, skip: int = 5):
-        self.request, self.skip, self.calls, self.base = request, skip, 0, (0, 0.0)
+    SKIP = 5
 
-    def total_us(self) -> float:
-        """Summed kernel time of all inferences so far (µs): each node's running mean times the count."""
-        return self.calls * sum(p.real_time.total_seconds() * 1e6 for p in self.request.get_profiling_info()
-                                if p.node_type != "Reorder" and str(p.status).endswith("EXECUTED"))
+    def __init__(self, request: Any, skip: int = SKIP):
+        self.request, self.skip, self.calls = request, skip, 0
+        self.base: dict[str, float] = {}  # per node, its summed time (µs) over the skipped calls
+        self.base_calls = 0
+
+    def totals_us(self) -> dict[str, float]:
+        """Per executed node (Reorders left out), its summed time over all inferences so far (µs)."""
+        return {p.node_name: self.calls * p.real_time.total_seconds() * 1e6 for p in self.request.get_profiling_info()
+                if p.node_type != "Reorder" and str(p.status).endswith("EXECUTED")}
 
     def tick(self) -> float:
         self.calls += 1
-        total = self.total_us()
+        totals = self.totals_us()
         if self.calls <= self.skip:
-            self.base = (self.calls, total)
-            return total / self.calls / 1e3
-        return (total - self.base[1]) / (self.calls - self.base[0]) / 1e3
+            self.base, self.base_calls = totals, self.calls
+            return sum(totals.values()) / self.calls / 1e3
+        since = sum(t - self.base.get(node, 0.0) for node, t in totals.items())
+        return since / (self.calls - self.base_calls) / 1e3
 
 
 def predict(model: str | Path | bytes | Any, images: np.ndarray, precision: str = "f32", threads: int = 0,
