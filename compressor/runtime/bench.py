@@ -192,7 +192,7 @@ class Timed:
 
     def __post_init__(self) -> None:
         if self.kernels and self.backend != "openvino":
-            raise CompressorError(f"timing less the layout reorders needs the openvino backend, not {self.backend}")
+            raise CompressorError(f"timing the kernels from per-node counters needs the openvino backend, not {self.backend}")
 
     def label(self) -> str:
         hint = f", {self.precision}{', kernels' if self.kernels else ''}" if self.backend == "openvino" else ""

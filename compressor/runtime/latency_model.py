@@ -298,11 +298,11 @@ class LatencyModel:
     def layer_ms(self, shapes: list[LayerShape]) -> list[float]:
         """Each shape's own cost (its measurement less the empty call, never below 0; 0 for a layer that does not
         run), timing missing ones."""
-        running = [s for s in shapes if self.runs(s)]
-        self.table.measure(running, self.precision, [self.batch], self.progress)
+        runs = [self.runs(s) for s in shapes]
+        self.table.measure([s for s, r in zip(shapes, runs) if r], self.precision, [self.batch], self.progress)
         empty = self.table.get(EMPTY, self.precision, self.batch)
-        return [max(0.0, self.table.get(s, self.precision, self.batch) - empty) if self.runs(s) else 0.0
-                for s in shapes]
+        return [max(0.0, self.table.get(s, self.precision, self.batch) - empty) if r else 0.0
+                for s, r in zip(shapes, runs)]
 
     def cost(self, shapes: list[LayerShape]) -> float:
         """The summed own costs of ``shapes`` (ms)."""
