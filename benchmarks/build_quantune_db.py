@@ -5,9 +5,11 @@ ort-cpu space measured as an INT8 QDQ model in ONNX Runtime on the validation sp
 data, with the shared teachers and any students measured beside them) and writes
 ``compressor/quant/quantune_db.json``. The tuner leaves the current model out when it trains on this file.
 Unfinished grids are skipped. Records carry every knob of the space; the tuner reads records written before the
-toolbox knobs existed as measurements with those knobs off, which is what they were.
+toolbox knobs existed as measurements with those knobs off, which is what they were. With ``--keep``, a model
+already in the database that has no finished grid in ``--grids`` keeps its records (so a grid too slow to remeasure
+in full stays represented by its older real measurements).
 
-    python benchmarks/build_quantune_db.py [--grids out/quant_bench]
+    python benchmarks/build_quantune_db.py [--grids out/quant_bench] [--keep]
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ from compressor.quant.space import QuantConfig
 from compressor.quant.tuner import DEFAULT_DB
 
 
-def build(grid_dir: Path, out: Path = DEFAULT_DB) -> dict:
+def dump(db: dict) -> str:
+    """JSON with one measurement per line: the shipped file stays small and its diffs readable."""
+    models = []
+    for m in db["models"]:
+        head = json.dumps({k: v for k, v in m.items() if k != "results"})
+        rows = ",\n".join("   " + json.dumps(r, separators=(",", ":")) for r in m["results"])
+        models.append(f'  {head[:-1]}, "results": [\n{rows}\n  ]}}')
+    return f'{{"about": {json.dumps(db["about"])},\n "models": [\n' + ",\n".join(models) + "\n ]}\n"
+
+
+def build(grid_dir: Path, out: Path = DEFAULT_DB, keep: bool = False) -> dict:
     models = []
     for path in sorted(grid_dir.glob("grid_*.json")):
         g = json.loads(path.read_text())
@@ -34,6 +46,9 @@ def build(grid_dir: Path, out: Path = DEFAULT_DB) -> dict:
             "validation_images": g["validation_images"], "calibration_images": g["calibration_images"],
             "restrict": g.get("restrict", {}), "results": results,
         })
+    if keep and out.exists():
+        fresh = {m["model"] for m in models}
+        models += [m for m in json.loads(out.read_text())["models"] if m["model"] not in fresh]
     if len(models) < 2:
         raise SystemExit(f"need grids of at least two models in {grid_dir}, found {len(models)}")
     db = {
@@ -43,7 +58,7 @@ def build(grid_dir: Path, out: Path = DEFAULT_DB) -> dict:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(db, indent=1))
+    tmp.write_text(dump(db))
     os.replace(tmp, out)
     return db
 
@@ -52,8 +67,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grids", type=Path, default=Path("out/quant_bench"))
     ap.add_argument("--out", type=Path, default=DEFAULT_DB)
+    ap.add_argument("--keep", action="store_true", help="keep the records of models that have no finished grid here")
     args = ap.parse_args()
-    db = build(args.grids, args.out)
+    db = build(args.grids, args.out, args.keep)
     print(f"wrote {args.out}: " + ", ".join(f"{m['model']} ({len(m['results'])} configs)" for m in db["models"]))
 
 

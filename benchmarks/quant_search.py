@@ -16,7 +16,7 @@ evaluations and wall time to come within 0.1 point of the grid's best, over seed
 
     python benchmarks/quant_search.py measure --models cifar_resnet20 cifar_resnet56 cifar_mobilenetv2
     python benchmarks/quant_search.py measure --models r56_pruned=out/r56_prune/stages/02_fold_bn.pt
-    python benchmarks/quant_search.py search --seeds 20
+    python benchmarks/quant_search.py search --seeds 20 [--warm-db compressor/quant/quantune_db.json]
     python benchmarks/quant_search.py latency --models cifar_resnet20 cifar_resnet56
 
 Phase ``latency``: op types ORT runs and latency of FP32, ORT ``quantize_static`` defaults and our emission (a
@@ -55,6 +55,7 @@ from compressor.quant.tuner import (
     RandomSearch,
     Record,
     XGBoostTuner,
+    load_db,
     model_descriptors,
     search,
 )
@@ -308,7 +309,9 @@ def selection_study(grids: dict, summary: dict) -> None:
 
 def replay(args: argparse.Namespace) -> None:
     grids = {p.stem[5:]: json.loads(p.read_text()) for p in sorted(args.out.glob("grid_*.json"))}
-    db = [
+    # The warm start: the other grids here, or (--warm-db) a database as the pass ships it; the tuner leaves the
+    # model being searched out either way.
+    db = load_db(args.warm_db) if args.warm_db else [
         Record(g["model"], g["descriptors"], QuantConfig(**r["config"]), r["val_top1"], g["fp32_val_top1"])
         for g in grids.values() for r in g["results"]
     ]
@@ -379,6 +382,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weight-images", type=int, default=256)
     ap.add_argument("--no-latency", action="store_true", help="measure: skip the timing (accuracy only)")
     ap.add_argument("--test-all", action="store_true", help="measure: also score every configuration on test")
+    ap.add_argument("--warm-db", type=Path, default=None,
+                    help="search: warm-start XGBoost from this database (e.g. compressor/quant/quantune_db.json) "
+                         "instead of the other grids in --out")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--harness", choices=["isolated", "interleaved"], default="isolated",
                     help="latency: one process per measurement (the pass's) or every session in this process")

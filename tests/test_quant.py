@@ -26,7 +26,7 @@ from compressor.quant.problem import QuantProblem, top1_onnx
 from compressor.quant.qdq import quantize
 from compressor.quant.qdq_rules import check_tensorrt
 from compressor.quant.selection import candidates, choose, deployment, speed_check
-from compressor.quant.space import QuantConfig, config_space
+from compressor.quant.space import TECHNIQUES, QuantConfig, config_space
 from compressor.quant.tuner import (
     DEFAULT_DB,
     Budget,
@@ -408,6 +408,9 @@ def test_warm_start_database_loads():
     assert all(isinstance(r.config, QuantConfig) for r in records)
     # Real measurements of trained models: the best configuration of every model is far above chance (10 %).
     assert all(max(r.val_top1 for r in records if r.model == m) > 50 for m in models)
+    # Rebuilt from grids of the toolbox space: every toolbox knob was measured both on and off.
+    for knob in TECHNIQUES:
+        assert {getattr(r.config, knob) for r in records} == {False, True}, knob
     r0 = records[0]
     assert len(features(r0.config, r0.descriptors)) == len(r0.config.one_hot()) + 8
     tuner = XGBoostTuner(r0.descriptors, r0.fp32_val_top1, records, r0.model)
