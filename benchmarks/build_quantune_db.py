@@ -48,9 +48,14 @@ def build(grid_dir: Path, out: Path = DEFAULT_DB, keep: bool = False) -> dict:
         })
     if keep and out.exists():
         fresh = {m["model"] for m in models}
-        models += [m for m in json.loads(out.read_text())["models"] if m["model"] not in fresh]
+        for m in json.loads(out.read_text())["models"]:
+            if m["model"] not in fresh:  # written in today's format: every knob spelled out
+                results = [{"config": QuantConfig(**r["config"]).as_dict(), "val_top1": r["val_top1"]}
+                           for r in m["results"]]
+                models.append({**m, "restrict": m.get("restrict", {}), "results": results})
     if len(models) < 2:
-        raise SystemExit(f"need grids of at least two models in {grid_dir}, found {len(models)}")
+        raise SystemExit(f"need at least two models (finished grids in {grid_dir}, plus those kept with --keep), "
+                         f"found {len(models)}")
     db = {
         "about": "Real validation top-1 of INT8 QDQ models (ONNX Runtime CPU) per PTQ configuration; written by "
                  "benchmarks/build_quantune_db.py from benchmarks/quant_search.py measurements.",

@@ -8,11 +8,11 @@ pass does (``--no-latency`` skips the timing). Writes ``<out>/grid_<label>.json`
 continues an unfinished grid. A model is a zoo teacher name or ``label=path`` to a pipeline stage file
 (``<out>/stages/NN_pass.pt`` of ``compressor compress``: a pruned or N2N student).
 
-Phase ``search`` (cheap): replays the XGBoost tuner (warm-started from the other grids, and cold), random search
-and the GA against the measured grids (an evaluation is deterministic, so looking it up gives the same accuracy as
-re-measuring it; its cost is the measured seconds, plus a weight key's AdaRound / bias-correction time the first
-time a search needs it). It prints each grid's spread first (best, median, share within 0.1 point), then the
-evaluations and wall time to come within 0.1 point of the grid's best, over seeds.
+Phase ``search`` (cheap): replays the XGBoost tuner (warm-started from the other grids or ``--warm-db``, and
+cold), random search and the GA against the measured grids (an evaluation is deterministic, so looking it up gives
+the same accuracy as re-measuring it; its cost is the measured seconds, plus a weight key's AdaRound /
+bias-correction time the first time a search needs it). It prints each grid's spread first (best, median, share
+within 0.1 point), then the evaluations and wall time to come within 0.1 point of the grid's best, over seeds.
 
     python benchmarks/quant_search.py measure --models cifar_resnet20 cifar_resnet56 cifar_mobilenetv2
     python benchmarks/quant_search.py measure --models r56_pruned=out/r56_prune/stages/02_fold_bn.pt
