@@ -33,6 +33,11 @@ def dump(db: dict) -> str:
     return f'{{"about": {json.dumps(db["about"])},\n "models": [\n' + ",\n".join(models) + "\n ]}\n"
 
 
+def measurements(results: list[dict]) -> list[dict]:
+    """Configuration (every knob spelled out) and validation top-1 of each result."""
+    return [{"config": QuantConfig(**r["config"]).as_dict(), "val_top1": r["val_top1"]} for r in results]
+
+
 def build(grid_dir: Path, out: Path = DEFAULT_DB, keep: bool = False) -> dict:
     models = []
     for path in sorted(grid_dir.glob("grid_*.json")):
@@ -40,7 +45,7 @@ def build(grid_dir: Path, out: Path = DEFAULT_DB, keep: bool = False) -> dict:
         if g.get("complete") is False:
             print(f"skipping {path}: the grid is unfinished ({len(g['results'])} configurations)")
             continue
-        results = [{"config": QuantConfig(**r["config"]).as_dict(), "val_top1": r["val_top1"]} for r in g["results"]]
+        results = measurements(g["results"])
         models.append({
             "model": g["model"], "descriptors": g["descriptors"], "fp32_val_top1": g["fp32_val_top1"],
             "validation_images": g["validation_images"], "calibration_images": g["calibration_images"],
@@ -50,9 +55,7 @@ def build(grid_dir: Path, out: Path = DEFAULT_DB, keep: bool = False) -> dict:
         fresh = {m["model"] for m in models}
         for m in json.loads(out.read_text())["models"]:
             if m["model"] not in fresh:  # written in today's format: every knob spelled out
-                results = [{"config": QuantConfig(**r["config"]).as_dict(), "val_top1": r["val_top1"]}
-                           for r in m["results"]]
-                models.append({**m, "restrict": m.get("restrict", {}), "results": results})
+                models.append({**m, "restrict": m.get("restrict", {}), "results": measurements(m["results"])})
     if len(models) < 2:
         raise SystemExit(f"need at least two models (finished grids in {grid_dir}, plus those kept with --keep), "
                          f"found {len(models)}")
