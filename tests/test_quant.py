@@ -461,7 +461,19 @@ def test_choose_lets_timing_decide_only_beyond_noise():
     assert best == b and "every round" in rule
     # Only c is faster than FP32 beyond noise, and it is within the accuracy budget: c is written.
     best, rule = pick({a: _lat(0.5, 3100.0, 0.2), b: _lat(0.5, 3100.0, 0.2), c: _lat(0.25, 6000.0)})
-    assert best == c and rule.startswith("the most accurate candidate measured faster")
+    assert best == c and rule.startswith("the fastest candidate measured faster than FP32")
+    # All three beat FP32; c gives up 0.2 pt (inside the 0.5 budget) for speed beyond noise: speed wins.
+    best, rule = pick({a: _lat(0.30, 4000.0), b: _lat(0.30, 4100.0), c: _lat(0.20, 6000.0)})
+    assert best == c and f"faster in every round than {a.key()}" in rule
+    # ... but not when it is no faster at batch 1, nor beyond a budget it exceeds.
+    assert pick({a: _lat(0.30, 4000.0), b: _lat(0.30, 4100.0), c: _lat(0.35, 6000.0)})[0] == a
+    checks = {k: speed_check(fp32, v) for k, v in {a: _lat(0.3, 4000.0), b: _lat(0.3, 4000.0), c: _lat(0.2, 6000.0)}.items()}
+    lat = {a: _lat(0.3, 4000.0), b: _lat(0.3, 4000.0), c: _lat(0.2, 6000.0)}
+    assert choose([a, b, c], results, lat, checks, speed_accuracy_budget=0.1, tolerance=0.1)[0] == a
+    # None beats FP32: speed never trades accuracy away, it only breaks the tie between a and b.
+    slow = {a: _lat(0.6, 2500.0, 0.01), b: _lat(0.55, 2900.0, 0.01), c: _lat(0.3, 2950.0, 0.01)}
+    best, rule = pick(slow)
+    assert best == b and rule.startswith("the most accurate candidate (none")
 
 
 def _conv_model(widths: list[int]) -> onnx.ModelProto:

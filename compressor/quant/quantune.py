@@ -64,8 +64,9 @@ class QuantizeConfig:
     mixed_fraction: share of weighted layers kept in float by mixed precision (the most sensitive ones).
     accuracy_tolerance / latency_candidates: up to that many configurations within that many points of the
     best validation top-1 (plus, on ort-cpu, the best fully fusable one) are timed against FP32.
-    speed_accuracy_budget: points of validation top-1 the pass may give up for an INT8 model that is faster
-    than FP32; the most accurate such candidate is written, else the most accurate candidate.
+    speed_accuracy_budget: points of validation top-1 the pass may give up for speed: of the candidates
+    faster than FP32 within that many points of the best, the fastest (beyond noise) is written, else the most
+    accurate candidate (:func:`compressor.quant.selection.choose`).
     fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on the target's CPU runtime
     (ort-cpu, openvino-cpu). "Faster" means beyond the measured noise (every timed round); a speed-up within the
     noise counts as not faster (:mod:`compressor.quant.selection`), so jitter does not decide the deployed model.
