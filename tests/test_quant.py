@@ -568,3 +568,22 @@ def test_onnxruntime_quantizer_api_is_the_one_we_drive():
     upper = re.search(r'"onnxruntime>=[\d.]+,<([\d.]+)"', spec).group(1)
     installed = tuple(int(x) for x in onnxruntime.__version__.split(".")[:2])
     assert installed < tuple(int(x) for x in upper.split(".")[:2])
+
+
+def test_search_benchmark_draws_held_out_validation_from_test(demo_splits):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quant_search", Path(__file__).parents[1] / "benchmarks" / "quant_search.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    held = bench.held_out_validation(demo_splits, 200, seed=0)
+    test = demo_splits.test
+    assert len(held.validation) == 200 and len(held.test) == len(test) - 200
+    # The two halves partition test/ (no image in both), and calibration still comes from train/.
+    rows = {x.tobytes() for x in test.images}
+    val_rows, test_rows = {x.tobytes() for x in held.validation.images}, {x.tobytes() for x in held.test.images}
+    assert val_rows | test_rows == rows and not val_rows & test_rows
+    assert held.calibration is demo_splits.calibration
+    assert np.array_equal(bench.held_out_validation(demo_splits, 200, seed=0).validation.labels, held.validation.labels)
+    with pytest.raises(SystemExit, match="must leave test images"):
+        bench.held_out_validation(demo_splits, len(test), seed=0)
