@@ -49,13 +49,19 @@ def build(grid_dir: Path, out: Path = DEFAULT_DB, keep: bool = False) -> dict:
         models.append({
             "model": g["model"], "descriptors": g["descriptors"], "fp32_val_top1": g["fp32_val_top1"],
             "validation_images": g["validation_images"], "calibration_images": g["calibration_images"],
-            "restrict": g.get("restrict", {}), "results": results,
+            "validation_from": g.get("validation_from", "train"), "restrict": g.get("restrict", {}),
+            "results": results,
         })
     if keep and out.exists():
         fresh = {m["model"] for m in models}
         for m in json.loads(out.read_text())["models"]:
             if m["model"] not in fresh:  # written in today's format: every knob spelled out
-                models.append({**m, "restrict": m.get("restrict", {}), "results": measurements(m["results"])})
+                models.append({**m, "validation_from": m.get("validation_from", "train"),
+                               "restrict": m.get("restrict", {}), "results": measurements(m["results"])})
+    sources = {m["validation_from"] for m in models}
+    if len(sources) > 1:  # FP32-relative targets mean different things on memorised and on held-out images
+        raise SystemExit(f"grids disagree on where validation came from ({', '.join(sorted(sources))}); "
+                         "build the database from one kind (quant_search.py measure --validation-from-test or not)")
     if len(models) < 2:
         raise SystemExit(f"need at least two models (finished grids in {grid_dir}, plus those kept with --keep), "
                          f"found {len(models)}")

@@ -48,7 +48,7 @@ from compressor.core.zoo import ZOO
 from compressor.quant import qdq as qdq_module
 from compressor.quant.adaround import AdaRoundSettings
 from compressor.quant.problem import QuantProblem, key_name, top1_onnx, weight_key
-from compressor.quant.selection import candidates
+from compressor.quant.selection import candidates, choose, speed_check
 from compressor.quant.space import KNOBS, QuantConfig
 from compressor.quant.tuner import (
     Budget,
@@ -132,7 +132,7 @@ def held_out_validation(splits: Splits, validation: int, seed: int) -> Splits:
     88 % on test), where quantization flips few predictions; held-out images show what INT8 costs."""
     order = np.random.default_rng(seed).permutation(len(splits.test))
     if not 0 < validation < len(order):
-        raise SystemExit(f"--validation {validation} must leave test images: test/ has {len(order)}")
+        raise SystemExit(f"--validation {validation} must lie between 1 and {len(order) - 1} (test/ has {len(order)})")
     return replace(splits, validation=splits.test.subset(np.sort(order[:validation])),
                    test=splits.test.subset(np.sort(order[validation:])))
 
@@ -193,7 +193,7 @@ def measure(args: argparse.Namespace) -> None:
                 write_atomic(out, json.dumps(record, indent=1))
         record["calibration_runs"] = problem.calibration_runs
         results = {QuantConfig(**r["config"]): r["val_top1"] for r in record["results"]}
-        # The most accurate configuration, and the fastest of those within 0.1 point of it (what the pass deploys).
+        # The most accurate configuration, and the one the pass's rule deploys among those within 0.1 point of it.
         pool = candidates(results, 0.1, 3)
         paths = {}
         for cfg in pool:
@@ -205,7 +205,9 @@ def measure(args: argparse.Namespace) -> None:
         else:
             images = pp(splits.validation.images[:64]).numpy()
             lat = measure_isolated({"fp32": problem.float_model, **paths}, images)
-            selected = max(pool, key=lambda c: lat[f"int8:{c.key()}"].throughput)
+            timed = {c: lat[f"int8:{c.key()}"] for c in pool}
+            checks = {c: speed_check(lat["fp32"], t) for c, t in timed.items()}
+            selected = choose(pool, results, timed, checks, speed_accuracy_budget=0.5, tolerance=0.1)[0]
             record["latency"] = {k: v.as_dict() for k, v in lat.items()}
         record["best_config"] = pool[0].as_dict()
         record["selected_config"] = selected.as_dict()

@@ -465,11 +465,15 @@ def test_choose_lets_timing_decide_only_beyond_noise():
     # All three beat FP32; c gives up 0.2 pt (inside the 0.5 budget) for speed beyond noise: speed wins.
     best, rule = pick({a: _lat(0.30, 4000.0), b: _lat(0.30, 4100.0), c: _lat(0.20, 6000.0)})
     assert best == c and f"faster in every round than {a.key()}" in rule
-    # ... but not when it is no faster at batch 1, nor beyond a budget it exceeds.
-    assert pick({a: _lat(0.30, 4000.0), b: _lat(0.30, 4100.0), c: _lat(0.35, 6000.0)})[0] == a
-    checks = {k: speed_check(fp32, v) for k, v in {a: _lat(0.3, 4000.0), b: _lat(0.3, 4000.0), c: _lat(0.2, 6000.0)}.items()}
-    lat = {a: _lat(0.3, 4000.0), b: _lat(0.3, 4000.0), c: _lat(0.2, 6000.0)}
-    assert choose([a, b, c], results, lat, checks, speed_accuracy_budget=0.1, tolerance=0.1)[0] == a
+    # A batch-1 median a little higher, within the rounds' spread, does not decide: c still wins on throughput.
+    assert pick({a: _lat(0.30, 4000.0), b: _lat(0.30, 4100.0), c: _lat(0.31, 6000.0)})[0] == c
+    # ... but slower at batch 1 beyond noise it does not, nor beyond a budget it exceeds, nor below an accuracy goal.
+    best, rule = pick({a: _lat(0.30, 4000.0), b: _lat(0.30, 4100.0), c: _lat(0.35, 6000.0)})
+    assert best == a and "slower at batch 1 beyond noise" in rule and "equally accurate" in rule
+    fast3 = {a: _lat(0.3, 4000.0), b: _lat(0.3, 4000.0), c: _lat(0.2, 6000.0)}
+    checks3 = {k: speed_check(fp32, v) for k, v in fast3.items()}
+    assert choose([a, b, c], results, fast3, checks3, speed_accuracy_budget=0.5, tolerance=0.1, floor=89.9)[0] == a
+    assert choose([a, b, c], results, fast3, checks3, speed_accuracy_budget=0.1, tolerance=0.1)[0] == a
     # None beats FP32: speed never trades accuracy away, it only breaks the tie between a and b.
     slow = {a: _lat(0.6, 2500.0, 0.01), b: _lat(0.55, 2900.0, 0.01), c: _lat(0.3, 2950.0, 0.01)}
     best, rule = pick(slow)
@@ -585,5 +589,5 @@ def test_search_benchmark_draws_held_out_validation_from_test(demo_splits):
     assert val_rows | test_rows == rows and not val_rows & test_rows
     assert held.calibration is demo_splits.calibration
     assert np.array_equal(bench.held_out_validation(demo_splits, 200, seed=0).validation.labels, held.validation.labels)
-    with pytest.raises(SystemExit, match="must leave test images"):
+    with pytest.raises(SystemExit, match="must lie between 1 and"):
         bench.held_out_validation(demo_splits, len(test), seed=0)

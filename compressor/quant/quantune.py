@@ -64,9 +64,9 @@ class QuantizeConfig:
     mixed_fraction: share of weighted layers kept in float by mixed precision (the most sensitive ones).
     accuracy_tolerance / latency_candidates: up to that many configurations within that many points of the
     best validation top-1 (plus, on ort-cpu, the best fully fusable one) are timed against FP32.
-    speed_accuracy_budget: points of validation top-1 the pass may give up for speed: of the candidates
-    faster than FP32 within that many points of the best, the fastest (beyond noise) is written, else the most
-    accurate candidate (:func:`compressor.quant.selection.choose`).
+    speed_accuracy_budget: points of validation top-1 the pass may give up for speed: of the timed candidates
+    faster than FP32 within that many points of the best (and meeting max_accuracy_drop when set), the fastest
+    beyond noise is written, else the most accurate (:func:`compressor.quant.selection.choose`).
     fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on the target's CPU runtime
     (ort-cpu, openvino-cpu). "Faster" means beyond the measured noise (every timed round); a speed-up within the
     noise counts as not faster (:mod:`compressor.quant.selection`), so jitter does not decide the deployed model.
@@ -162,7 +162,8 @@ class Quantune:
                                      progress=ctx.progress, **on)
         lat = {cfg: timed[f"int8:{cfg.key()}"] for cfg in pool}
         checks = {cfg: speed_check(timed["fp32"], lat[cfg], c.min_speedup) for cfg in pool}
-        best, choice_rule = choose(pool, scores, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance)
+        best, choice_rule = choose(pool, scores, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance,
+                                   floor=target_acc)
         qdq, speed = models[f"int8:{best.key()}"], checks[best]
         with atomic_path(ctx.out_dir / "quantized_int8.onnx") as tmp:
             onnx.save(qdq, tmp)

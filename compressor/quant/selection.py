@@ -74,36 +74,53 @@ def latency_pool(results: dict[QuantConfig, float], target: str, tolerance: floa
     return pool
 
 
+def _not_slower_at_batch1(a: Latency, b: Latency) -> bool:
+    """``a`` is not slower than ``b`` at batch 1 beyond the noise (its fastest round no slower than ``b``'s slowest)."""
+    if a.batch1_range is None or b.batch1_range is None:
+        return True
+    return a.batch1_range[0] <= b.batch1_range[1]
+
+
 def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: dict[QuantConfig, Latency],
-           checks: dict[QuantConfig, dict], speed_accuracy_budget: float, tolerance: float) -> tuple[QuantConfig, str]:
-    """The fastest candidate measured faster than FP32 beyond noise within ``speed_accuracy_budget`` points of
-    the best validation top-1 (else the most accurate candidate): users buy speed at a bounded accuracy loss.
+           checks: dict[QuantConfig, dict], speed_accuracy_budget: float, tolerance: float,
+           floor: float | None = None) -> tuple[QuantConfig, str]:
+    """Of the timed candidates ``pool``, the fastest one measured faster than FP32 beyond noise within
+    ``speed_accuracy_budget`` points of the best validation top-1 and at or above ``floor`` (an accuracy goal),
+    else the most accurate candidate: users buy speed at a bounded accuracy loss.
 
     Timing decides only beyond noise. Candidates are walked from the most accurate down (ties in the space's
-    fixed order); one replaces the current choice only when it is faster in every round of batch throughput and
-    no slower at batch 1. Without a replacement the most accurate one stands, whatever the medians say. Returns
-    the choice and the rule that made it."""
+    fixed order); one replaces the current choice only when its every round of batch throughput beats every round
+    of the current one and it is not slower at batch 1 beyond noise. Without a replacement the most accurate one
+    stands, whatever the medians say. Returns the choice and the rule that made it."""
     best_acc = max(results.values())
     budget = max(speed_accuracy_budget, tolerance)
-    fast = [c for c in pool if checks[c]["int8_faster"] and results[c] >= best_acc - budget]
+    lowest = best_acc - budget if floor is None else max(best_acc - budget, floor)
+    fast = [c for c in pool if checks[c]["int8_faster"] and results[c] >= lowest]
     ranked = sorted(fast or pool, key=lambda c: (-results[c], c))
     # Without a fast candidate speed may still break a tie in accuracy, never trade accuracy away.
     walk = ranked if fast else [c for c in ranked if results[c] == results[ranked[0]]]
-    pick = walk[0]
+    pick, refused = walk[0], False
     for c in walk[1:]:
-        if latency[c].clearly_faster(latency[pick]) and latency[c].batch1_ms <= latency[pick].batch1_ms:
-            pick = c
+        if latency[c].clearly_faster(latency[pick]):
+            if _not_slower_at_batch1(latency[c], latency[pick]):
+                pick = c
+            else:
+                refused = True
     if fast:
         basis = (f"the fastest candidate measured faster than FP32 beyond noise within {budget:g} pt of the best "
-                 "validation top-1")
+                 "validation top-1" + ("" if floor is None else " and above the accuracy goal"))
     else:
         basis = "the most accurate candidate (none measured faster than FP32 beyond noise)"
     if pick != walk[0]:
         return pick, (f"{basis}: faster in every round than {walk[0].key()} "
                       f"({results[walk[0]]:g} against {results[pick]:g} validation top-1)")
-    if len(walk) > 1:
-        return pick, f"{basis}: no candidate faster than the most accurate in every round, so the space's fixed order"
-    return pick, basis
+    if len(walk) == 1:
+        return pick, basis
+    why = ("a faster one was slower at batch 1 beyond noise" if refused else
+           "no other was faster than it in every round")
+    tied = sum(results[c] == results[pick] for c in walk)
+    order = f", the first of {tied} equally accurate in the space's fixed order" if tied > 1 else ""
+    return pick, f"{basis}: the most accurate{order}; {why}"
 
 
 def deployment(int8_faster: bool, fallback_to_fp32_if_slower: bool) -> str:
