@@ -74,13 +74,6 @@ def latency_pool(results: dict[QuantConfig, float], target: str, tolerance: floa
     return pool
 
 
-def _not_slower_at_batch1(a: Latency, b: Latency) -> bool:
-    """``a`` is not slower than ``b`` at batch 1 beyond the noise (its fastest round no slower than ``b``'s slowest)."""
-    if a.batch1_range is None or b.batch1_range is None:
-        return True
-    return a.batch1_range[0] <= b.batch1_range[1]
-
-
 def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: dict[QuantConfig, Latency],
            checks: dict[QuantConfig, dict], speed_accuracy_budget: float, tolerance: float,
            floor: float | None = None) -> tuple[QuantConfig, str]:
@@ -102,10 +95,10 @@ def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: 
     pick, refused = walk[0], False
     for c in walk[1:]:
         if latency[c].clearly_faster(latency[pick]):
-            if _not_slower_at_batch1(latency[c], latency[pick]):
-                pick = c
-            else:
+            if latency[c].clearly_slower_at_batch1(latency[pick]):
                 refused = True
+            else:
+                pick = c
     if fast:
         basis = (f"the fastest candidate measured faster than FP32 beyond noise within {budget:g} pt of the best "
                  "validation top-1" + ("" if floor is None else " and above the accuracy goal"))

@@ -41,6 +41,13 @@ class Latency:
             return False
         return self.throughput_range[0] > other.throughput_range[1]
 
+    def clearly_slower_at_batch1(self, other: Latency) -> bool:
+        """Slower at batch 1 beyond the measured noise: this model's fastest round is slower than the other's
+        slowest."""
+        if self.batch1_range is None or other.batch1_range is None:
+            return False
+        return self.batch1_range[0] > other.batch1_range[1]
+
     def as_dict(self) -> dict:
         return asdict(self)
 
