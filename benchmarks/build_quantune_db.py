@@ -45,6 +45,9 @@ def build(grid_dir: Path, out: Path = DEFAULT_DB, keep: bool = False) -> dict:
         if g.get("complete") is False:
             print(f"skipping {path}: the grid is unfinished ({len(g['results'])} configurations)")
             continue
+        if g.get("weight_bits", 8) != 8:
+            print(f"skipping {path}: {g['weight_bits']}-bit weights are a benchmark space, not the pass's")
+            continue
         results = measurements(g["results"])
         models.append({
             "model": g["model"], "descriptors": g["descriptors"], "fp32_val_top1": g["fp32_val_top1"],

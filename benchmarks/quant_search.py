@@ -4,9 +4,11 @@ Phase ``measure`` (real measurements, slow): for each model, evaluate every conf
 (the toolbox knobs included; ``--knob adaround=false`` narrows it) on the validation split (the ground-truth grid),
 then report the best configuration's test top-1 against FP32 and ONNX Runtime's ``quantize_static`` defaults, and
 ORT-CPU latency (batch 1) and throughput (batch 64) of INT8 vs FP32, each model timed in its own process as the
-pass does (``--no-latency`` skips the timing). Writes ``<out>/grid_<label>.json`` every 20 configurations; a rerun
-continues an unfinished grid. A model is a zoo teacher name or ``label=path`` to a pipeline stage file
-(``<out>/stages/NN_pass.pt`` of ``compressor compress``: a pruned or N2N student).
+pass does (``--no-latency`` skips the timing). ``--weight-bits 4`` measures the harder space of 4-bit weights
+(stored in int8, so no faster: a benchmark for the search, where the toolbox knobs matter). Writes
+``<out>/grid_<label>.json`` every 20 configurations; a rerun continues an unfinished grid. A model is a zoo
+teacher name or ``label=path`` to a pipeline stage file (``<out>/stages/NN_pass.pt`` of ``compressor compress``: a
+pruned or N2N student).
 
 Phase ``search`` (cheap): replays the XGBoost tuner (warm-started from the other grids or ``--warm-db``, and
 cold), random search and the GA against the measured grids (an evaluation is deterministic, so looking it up gives
@@ -152,7 +154,7 @@ def measure(args: argparse.Namespace) -> None:
         fp32_path = export_onnx(teacher, work / "fp32.onnx", (3, 32, 32))
         problem = QuantProblem(onnx.load(fp32_path), splits.calibration, splits.validation, pp, restrict=restrict,
                                adaround=AdaRoundSettings(iterations=args.adaround_iterations),
-                               weight_images=args.weight_images, seed=args.seed)
+                               weight_images=args.weight_images, seed=args.seed, weight_bits=args.weight_bits)
         fp32_val = top1_onnx(problem.float_model, splits.validation, pp)
         out = args.out / f"grid_{name}.json"
         record = {
@@ -160,11 +162,13 @@ def measure(args: argparse.Namespace) -> None:
             "validation_images": len(splits.validation), "calibration_images": len(splits.calibration),
             "validation_from": "test" if args.validation_from_test else "train",
             "restrict": {k: list(v) for k, v in restrict.items()}, "adaround_iterations": args.adaround_iterations,
-            "weight_images": args.weight_images, "results": [], "weight_seconds": {}, "complete": False,
+            "weight_images": args.weight_images, "weight_bits": args.weight_bits, "results": [],
+            "weight_seconds": {}, "complete": False,
         }
         if out.exists():  # continue an unfinished grid measured with the same settings
             old = json.loads(out.read_text())
-            if old.get("validation_from", "train") == record["validation_from"] and all(
+            if old.get("validation_from", "train") == record["validation_from"] and old.get("weight_bits", 8) == \
+                    args.weight_bits and all(
                     old.get(k) == record[k] for k in ("validation_images", "calibration_images", "restrict",
                                                      "adaround_iterations", "weight_images")):
                 record.update(results=old["results"], weight_seconds=old.get("weight_seconds", {}))
@@ -398,6 +402,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--knob", action="append", default=[], help="measure: restrict a knob, e.g. adaround=false")
     ap.add_argument("--adaround-iterations", type=int, default=AdaRoundSettings.iterations)
     ap.add_argument("--weight-images", type=int, default=256)
+    ap.add_argument("--weight-bits", type=int, default=8, choices=range(2, 9), metavar="2..8",
+                    help="measure: weights on a narrower grid stored in int8 (no faster; a harder space to search, "
+                         "kept out of the warm-start database)")
     ap.add_argument("--no-latency", action="store_true", help="measure: skip the timing (accuracy only)")
     ap.add_argument("--test-all", action="store_true", help="measure: also score every configuration on test")
     ap.add_argument("--validation-from-test", action="store_true",

@@ -5,7 +5,10 @@ asymmetric uint8 activations, all-int8) is measured alone, with one technique sw
 equalization, bias correction, AdaRound, MSE ranges) and with all of them, each as a real QDQ model in ONNX
 Runtime, on the validation split (what the search sees) and on the 10,000 test images (what the report quotes).
 Accuracy only; every row is written to ``<out>/ablation_<model>.json`` as soon as it is measured, and a rerun
-skips rows already there.
+skips rows already there. A model is a zoo teacher name or ``label=path`` to a pipeline stage file, as in
+``quant_search.py``. ``--weight-bits 4`` puts the weights on a 4-bit grid stored in int8 (no faster; where
+quantization costs accuracy and the techniques have something to win back), written to
+``ablation_<model>_w4.json``.
 
     python benchmarks/quant_toolbox.py --models cifar_mobilenetv2 cifar_resnet20 cifar_resnet56
     python benchmarks/quant_toolbox.py --models cifar_resnet20 --test 500 --validation 200 --calibration 200 \\
@@ -34,7 +37,7 @@ from compressor.quant.space import QuantConfig
 from compressor.runtime.export import export_onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quant_search import DATA, TEACHERS, load_teacher  # noqa: E402
+from quant_search import DATA, TEACHERS, load_spec  # noqa: E402
 
 VARIANTS = {
     "base": {},
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scheme", default="asymmetric")
     ap.add_argument("--adaround-iterations", type=int, default=AdaRoundSettings.iterations)
     ap.add_argument("--weight-images", type=int, default=256)
+    ap.add_argument("--weight-bits", type=int, default=8, choices=range(2, 9), metavar="2..8")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("out/quant_bench"))
     args = ap.parse_args(argv)
@@ -66,14 +70,16 @@ def main(argv: list[str] | None = None) -> None:
     test = splits.test if args.test is None else splits.test.subset(np.arange(args.test))
     pp = Preprocess()
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in args.models:
-        path = args.out / f"ablation_{name}.json"
-        record = json.loads(path.read_text()) if path.exists() else {"model": name, "rows": {}}
-        teacher = load_teacher(name)
+    for spec in args.models:
+        name, teacher = load_spec(spec)
+        path = args.out / f"ablation_{name}{'' if args.weight_bits == 8 else f'_w{args.weight_bits}'}.json"
+        record = json.loads(path.read_text()) if path.exists() else {"model": name, "rows": {},
+                                                                     "weight_bits": args.weight_bits}
         fp32_path = export_onnx(teacher, Path(tempfile.mkdtemp()) / "fp32.onnx", (3, 32, 32))
         problem = QuantProblem(onnx.load(fp32_path), splits.calibration, splits.validation, pp,
                                adaround=AdaRoundSettings(iterations=args.adaround_iterations),
-                               weight_images=args.weight_images, seed=args.seed, progress=True)
+                               weight_images=args.weight_images, seed=args.seed, progress=True,
+                               weight_bits=args.weight_bits)
         record["fp32"] = {"val_top1": top1_onnx(problem.float_model, splits.validation, pp),
                           "test_top1": top1_onnx(problem.float_model, test, pp)}
         print(f"\n## {name}: FP32 val {record['fp32']['val_top1']:.2f}, test {record['fp32']['test_top1']:.2f} "

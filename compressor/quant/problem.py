@@ -26,7 +26,7 @@ from compressor.quant.adaround import AdaRoundSettings
 from compressor.quant.calibrate import Calibrator
 from compressor.quant.equalize import Equalization, equalize
 from compressor.quant.fallback import match_layers
-from compressor.quant.qdq import prepare_float, quantize
+from compressor.quant.qdq import prepare_float, quantize, weight_qmax
 from compressor.quant.sensitivity import layer_sensitivity, most_sensitive
 from compressor.quant.space import QuantConfig, config_space
 from compressor.runtime.export import ort_predict, ort_session
@@ -41,6 +41,8 @@ class QuantProblem:
     ``keep_float`` holds module-name or node-name patterns never quantized (matched on the prepared graph by
     :func:`compressor.quant.fallback.match_layers`); ``restrict`` narrows the space's knobs; ``adaround`` and
     ``weight_images`` set AdaRound's schedule and how many calibration images AdaRound and bias correction use.
+    ``weight_bits`` below 8 puts the weights on a narrower grid stored in int8
+    (:func:`compressor.quant.qdq.narrow_weights`): no faster, but a harder space for the search benchmark.
     """
 
     def __init__(
@@ -48,8 +50,9 @@ class QuantProblem:
         target: str = "ort-cpu", mixed_fraction: float = 0.1, sensitivity_images: int = 64,
         keep_float: tuple[str, ...] | list[str] = (), restrict: dict[str, tuple] | None = None,
         adaround: AdaRoundSettings | None = None, weight_images: int = 256, seed: int = 0,
-        progress: bool = False, precision: str = "f32",
+        progress: bool = False, precision: str = "f32", weight_bits: int = 8,
     ):
+        self.weight_bits, self.weight_qmax = weight_bits, weight_qmax(weight_bits)
         self.float_model = prepare_float(model)
         self.calibrator = Calibrator(self.float_model, calibration, preprocess)
         self._graphs: dict[bool, tuple[onnx.ModelProto, Calibrator]] = {False: (self.float_model, self.calibrator)}
@@ -97,9 +100,9 @@ class QuantProblem:
             model, calibrator = self.graph(config.cle)
             base = dataclasses.replace(config, precision="int8")
             qdq = quantize(model, calibrator.ranges(config.calibration, config.clipping), base, self.target,
-                           self.keep_float)
+                           self.keep_float, self.weight_bits)
             self._tables[key] = weights.optimize(model, qdq, self._weight_x, self.adaround if config.adaround else None,
-                                                 config.bias_correction, self.seed, self.progress)
+                                                 config.bias_correction, self.seed, self.progress, self.weight_qmax)
         return self._tables[key]
 
     def weight_summaries(self) -> dict[str, dict]:
@@ -108,7 +111,8 @@ class QuantProblem:
 
     def _quantize(self, config: QuantConfig, exclude: tuple[str, ...]) -> onnx.ModelProto:
         model, calibrator = self.graph(config.cle)
-        qdq = quantize(model, calibrator.ranges(config.calibration, config.clipping), config, self.target, exclude)
+        qdq = quantize(model, calibrator.ranges(config.calibration, config.clipping), config, self.target, exclude,
+                       self.weight_bits)
         table = self.weight_table(config)
         return qdq if table is None else weights.apply(qdq, table)
 

@@ -30,8 +30,6 @@ from compressor.quant.bias_correction import add_to_bias, channel_means
 from compressor.quant.calibrate import float_tensors
 from compressor.quant.qdq import attribute, graph_index, set_initializer
 
-QMIN, QMAX = -127, 127  # symmetric int8 weights, as the QDQ emission writes them
-
 
 @dataclass
 class Grid:
@@ -195,9 +193,10 @@ CHUNK = 16  # images per float pass: every layer's output of a chunk is held at 
 
 def optimize(float_model: onnx.ModelProto, qdq: onnx.ModelProto, images: np.ndarray,
              adaround_settings: AdaRoundSettings | None, bias_correction: bool, seed: int = 0,
-             progress: bool = False) -> WeightTable:
+             progress: bool = False, qmax: int = 127) -> WeightTable:
     """AdaRound (when ``adaround_settings`` is given) and/or bias correction for every layer quantized in ``qdq``,
-    in graph order, on ``images`` (preprocessed calibration images).
+    in graph order, on ``images`` (preprocessed calibration images). Weights are symmetric on ±``qmax`` (127 for
+    int8, as the QDQ emission writes them; less for a narrowed grid).
 
     The float model runs once, in chunks, keeping per layer what the methods need of W x: its mean per channel
     and, for AdaRound, its values at sampled output positions. The model with the decided weights runs once per
@@ -232,7 +231,7 @@ def optimize(float_model: onnx.ModelProto, qdq: onnx.ModelProto, images: np.ndar
         for i, node in enumerate(tqdm(order, desc="weights", unit="layer", disable=not progress, leave=False)):
             table.layers[node.name] = _layer(node, grids[node.name], float_model, float_feeds, quant_feeds,
                                              decided_input(node.input[0]), reference[node.name], adaround_settings,
-                                             bias_correction, seed + i)
+                                             bias_correction, seed + i, qmax)
     finally:
         torch.set_num_threads(threads)
     table.seconds = time.perf_counter() - start
@@ -265,7 +264,7 @@ def _float_pass(session: ort.InferenceSession, graph_in: str, images: np.ndarray
 
 def _layer(node: onnx.NodeProto, grid: Grid, float_model: onnx.ModelProto, float_feeds: dict, quant_feeds: dict,
            x_hat: torch.Tensor, ref: dict, adaround_settings: AdaRoundSettings | None, bias_correction: bool,
-           seed: int) -> LayerWeights:
+           seed: int, qmax: int) -> LayerWeights:
     """Decide one layer's integer weights and bias correction, and feed them to the model for the next layers."""
     w_name, b_name = f"{node.name}__weight_input_1", f"{node.name}__weight_input_2"
     w = torch.from_numpy(np.array(float_feeds[w_name]))
@@ -280,7 +279,7 @@ def _layer(node: onnx.NodeProto, grid: Grid, float_model: onnx.ModelProto, float
         layer, x_cols = column_problem(node, bias, tuple(w.shape), x_hat, ref["image"], ref["pos"])
         target = act(ref["y"])
         nearest = q
-        q = adaround(w, scale, QMIN, QMAX, layer, act, x_cols, target, adaround_settings, seed)
+        q = adaround(w, scale, -qmax, qmax, layer, act, x_cols, target, adaround_settings, seed)
         entry.error_nearest = reconstruction_error(layer, act, nearest * scale, x_cols, target)
         entry.error_adaround = reconstruction_error(layer, act, q * scale, x_cols, target)
         entry.q = q.numpy().astype(np.int8)
