@@ -157,7 +157,7 @@ def measure(args: argparse.Namespace) -> None:
                                adaround=AdaRoundSettings(iterations=args.adaround_iterations),
                                weight_images=args.weight_images, seed=args.seed, weight_bits=args.weight_bits)
         fp32_val = top1_onnx(problem.float_model, splits.validation, pp)
-        out = args.out / f"grid_{name}.json"
+        out = args.out / f"grid_{name}{'' if args.weight_bits == 8 else f'_w{args.weight_bits}'}.json"
         record = {
             "model": name, "descriptors": model_descriptors(teacher, problem.float_model), "fp32_val_top1": fp32_val,
             "validation_images": len(splits.validation), "calibration_images": len(splits.calibration),
@@ -166,13 +166,14 @@ def measure(args: argparse.Namespace) -> None:
             "weight_images": args.weight_images, "weight_bits": args.weight_bits, "results": [],
             "weight_seconds": {}, "complete": False,
         }
-        if out.exists():  # continue an unfinished grid measured with the same settings
+        if out.exists():  # continue an unfinished grid measured with the same settings; never overwrite another
             old = json.loads(out.read_text())
-            if old.get("validation_from", "train") == record["validation_from"] and old.get("weight_bits", 8) == \
-                    args.weight_bits and all(
-                    old.get(k) == record[k] for k in ("validation_images", "calibration_images", "restrict",
-                                                     "adaround_iterations", "weight_images")):
-                record.update(results=old["results"], weight_seconds=old.get("weight_seconds", {}))
+            settings = ("validation_from", "weight_bits", "validation_images", "calibration_images", "restrict",
+                        "adaround_iterations", "weight_images")
+            defaults = {"validation_from": "train", "weight_bits": 8}
+            if any(old.get(k, defaults.get(k)) != record[k] for k in settings):
+                raise SystemExit(f"{out} holds a grid measured with other settings; choose another --out or remove it")
+            record.update(results=old["results"], weight_seconds=old.get("weight_seconds", {}))
         done = {QuantConfig(**r["config"]) for r in record["results"]}
         space = problem.space()
         print(f"[{name}] fp32 val {fp32_val:.2f}; grid of {len(space)} configurations, {len(done)} measured before",
@@ -332,12 +333,16 @@ def selection_study(grids: dict, summary: dict) -> None:
 
 def replay(args: argparse.Namespace) -> None:
     grids = {p.stem[5:]: json.loads(p.read_text()) for p in sorted(args.out.glob("grid_*.json"))}
-    # The warm start: the other grids here, or (--warm-db) a database as the pass ships it; the tuner leaves the
-    # model being searched out either way.
-    db = load_db(args.warm_db) if args.warm_db else [
-        Record(g["model"], g["descriptors"], QuantConfig(**r["config"]), r["val_top1"], g["fp32_val_top1"])
-        for g in grids.values() for r in g["results"]
-    ]
+    # The warm start: the other grids here of the same weight bits, or (--warm-db) a database as the pass ships it;
+    # the tuner leaves the model being searched out either way.
+    shipped = load_db(args.warm_db) if args.warm_db else None
+
+    def warm_start(g: dict) -> list[Record]:
+        if shipped is not None:
+            return shipped
+        return [Record(o["model"], o["descriptors"], QuantConfig(**r["config"]), r["val_top1"], o["fp32_val_top1"])
+                for o in grids.values() if o.get("weight_bits", 8) == g.get("weight_bits", 8) for r in o["results"]]
+
     summary = {}
     print("## Spread of each grid (validation top-1)\n\n| model | FP32 | best | median | worst | best − median |"
           " within 0.1 of best |\n|---|---|---|---|---|---|---|")
@@ -350,6 +355,7 @@ def replay(args: argparse.Namespace) -> None:
     selection_study(grids, summary)
     for name, g in grids.items():
         table = {QuantConfig(**r["config"]): (r["val_top1"], r["seconds"]) for r in g["results"]}
+        db = warm_start(g)
         key_seconds = g.get("weight_seconds", {})
         space = list(table)
         best = max(v[0] for v in table.values())
@@ -369,7 +375,7 @@ def replay(args: argparse.Namespace) -> None:
                     clock.t += table[c][1]
                     return table[c][0]
 
-                res = search(make_strategy(label, g, name, db), space, evaluate,
+                res = search(make_strategy(label, g, g["model"], db), space, evaluate,
                              Budget(len(space), None, best - args.within), seed, clock=lambda clock=clock, base=base: clock() - base)
                 evals.append(len(res.steps))
                 secs.append(res.steps[-1].seconds)

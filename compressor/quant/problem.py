@@ -102,7 +102,8 @@ class QuantProblem:
             qdq = quantize(model, calibrator.ranges(config.calibration, config.clipping), base, self.target,
                            self.keep_float, self.weight_bits)
             self._tables[key] = weights.optimize(model, qdq, self._weight_x, self.adaround if config.adaround else None,
-                                                 config.bias_correction, self.seed, self.progress, self.weight_qmax)
+                                                 config.bias_correction, self.seed, self.progress,
+                                                 qmax=self.weight_qmax)
         return self._tables[key]
 
     def weight_summaries(self) -> dict[str, dict]:

@@ -68,6 +68,7 @@ def quantize(
 ) -> onnx.ModelProto:
     """The QDQ model for ``config`` on ``target`` (ort-cpu | openvino-cpu | tensorrt); ``exclude`` names nodes kept
     in float (mixed precision); ``weight_bits`` below 8 narrows the weight grid (:func:`narrow_weights`)."""
+    weight_qmax(weight_bits)  # a bad value fails before the quantizer runs
     tensorrt = target == "tensorrt"
     signed = tensorrt or config.scheme == "symmetric"
     act_type = QuantType.QInt8 if signed else QuantType.QUInt8
@@ -98,7 +99,7 @@ def quantize(
     quantizer.quantize_model()
     quantizer.model.topological_sort()
     out = quantizer.model.model
-    narrow_weights(out, weight_bits, float_weights)
+    narrow_weights(out, weight_bits, float_weights, power_of_two=config.scheme == "power_of_two" and not tensorrt)
     if not tensorrt:
         quantized_pads(out)
         shortcut_convs(out)
@@ -489,6 +490,7 @@ def _requantize_biases(model: onnx.ModelProto, producers: dict, arr: dict, new: 
 
 
 def _write(inits: dict, arr: dict, new: dict) -> None:
+    """Replace initializers by name with the new values, each in its old dtype."""
     for name, value in new.items():
         inits[name].CopyFrom(numpy_helper.from_array(value.astype(arr[name].dtype), name))
 
@@ -522,28 +524,37 @@ def weight_qmax(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def narrow_weights(model: onnx.ModelProto, bits: int, float_weights: dict[str, np.ndarray]) -> None:
-    """Put every int8 weight of a fresh QDQ model on a symmetric ``bits``-bit grid, stored in int8: the scale of
-    each channel (or tensor) grows by 127 / qmax, so the max range maps onto ±qmax; each weight is rounded to
-    nearest from its float value in ``float_weights`` (by the initializer's name before ORT's ``_quantized``
-    suffix), and biases are requantized to match.
+def narrow_weights(model: onnx.ModelProto, bits: int, float_weights: dict[str, np.ndarray],
+                   power_of_two: bool = False) -> None:
+    """Put every learned int8 weight (input 1 of a Conv / Gemm / MatMul) of a fresh QDQ model on a symmetric
+    ``bits``-bit grid, stored in int8: the scale of each channel (or tensor) grows by 127 / qmax, so the max range
+    maps onto ±qmax (``power_of_two``: then rounded up to 2^k, so :func:`power_of_two_scales` leaves it as it is),
+    and each weight is rounded to nearest once, from its float value in ``float_weights`` (by the initializer's
+    name before ORT's ``_quantized`` suffix). Biases are requantized from ORT's int32 to the new scales.
 
     The model still runs on the int8 kernels at int8 speed; nothing deploys faster. It exists to make the space
     harder for the search benchmark: at 4 bits, rounding and ranges cost real accuracy, which is where AdaRound,
     CLE and bias correction were designed to help (both papers report 4-bit weights). Call it before the emission
-    adds its own exact weights (shortcut selections, zero padding)."""
+    adds its own exact weights (shortcut selections, zero padding) and before :func:`power_of_two_scales`."""
     qmax = weight_qmax(bits)
     if qmax == 127:
         return
-    producers, _, inits = graph_index(model)
+    producers, consumers, inits = graph_index(model)
     arr = {k: numpy_helper.to_array(v) for k, v in inits.items()}
     new: dict[str, np.ndarray] = {}
     weight_scale: dict[str, np.ndarray] = {}
     for n, shape in _weight_dqs(model, inits, arr):
+        readers = consumers.get(n.output[0], [])
+        if not readers or any(r.op_type not in WEIGHTED_OPS or list(r.input).index(n.output[0]) != 1 for r in readers):
+            continue  # an int8 constant that is not a layer's weight
+        if len(n.input) > 2 and np.any(arr[n.input[2]]):
+            raise ValueError(f"narrow_weights: {n.name} has a non-zero weight zero point; weights must be symmetric")
         source = n.input[0].removesuffix("_quantized")
         if source not in float_weights:
             raise ValueError(f"narrow_weights: no float weight {source!r} for {n.name}")
         s2 = (arr[n.input[1]].astype(np.float32) * np.float32(127 / qmax)).astype(np.float32)
+        if power_of_two:
+            s2 = _pow2(s2)
         new[n.input[0]] = np.clip(np.round(float_weights[source] / s2.reshape(shape)), -qmax, qmax)
         new[n.input[1]] = s2
         weight_scale[n.output[0]] = s2

@@ -193,7 +193,7 @@ CHUNK = 16  # images per float pass: every layer's output of a chunk is held at 
 
 def optimize(float_model: onnx.ModelProto, qdq: onnx.ModelProto, images: np.ndarray,
              adaround_settings: AdaRoundSettings | None, bias_correction: bool, seed: int = 0,
-             progress: bool = False, qmax: int = 127) -> WeightTable:
+             progress: bool = False, *, qmax: int) -> WeightTable:
     """AdaRound (when ``adaround_settings`` is given) and/or bias correction for every layer quantized in ``qdq``,
     in graph order, on ``images`` (preprocessed calibration images). Weights are symmetric on ±``qmax`` (127 for
     int8, as the QDQ emission writes them; less for a narrowed grid).
