@@ -24,7 +24,7 @@ from compressor.quant.calibrate import TensorStats, intermediate_session, run_in
 from compressor.quant.equalize import equalize, pair_objective
 from compressor.quant.fallback import accuracy_fallback, match_layers, module_name
 from compressor.quant.problem import QuantProblem, top1_onnx
-from compressor.quant.qdq import attribute, prepare_float
+from compressor.quant.qdq import attribute, prepare_float, quantize
 from compressor.quant.space import QuantConfig, config_space
 from compressor.quant.tuner import XGBoostTuner, features, load_db
 from compressor.runtime.export import export_onnx
@@ -233,34 +233,67 @@ def test_bias_correction_shrinks_the_mean_output_error_per_channel(problem, resn
         sum(_channel_mean_errors(resnet_onnx, problem.build(base), held_out).values())
 
 
+def _check_weight_grid(qdq: onnx.ModelProto, floats: dict, qmax: int, power_of_two: bool = False) -> int:
+    """Every learned weight is its float weight rounded once to nearest on a max-range ±qmax grid (or that scale
+    rounded up to 2^k), emission padding stays zero, and every int32 bias is its float bias on input scale x weight
+    scale, within the half step ORT's own int32 rounding adds (a step more under power-of-two scales, which round
+    activation scales after the weights). Returns how many weights it checked."""
+    producers = {o: n for n in qdq.graph.node for o in n.output}
+    _, inits = _weights(qdq)
+    checked = 0
+    for conv in (n for n in qdq.graph.node if n.op_type in ("Conv", "Gemm")):
+        wdq = producers.get(conv.input[1])
+        if wdq is None or not wdq.input[0].endswith("_quantized"):
+            continue
+        q, s = inits[wdq.input[0]].astype(np.float64), inits[wdq.input[1]]
+        w = floats[wdq.input[0].removesuffix("_quantized")]
+        lead = tuple(slice(0, d) for d in w.shape)  # the emission pads the stem's input channels with zeros
+        shape = (-1,) + (1,) * (w.ndim - 1) if s.ndim else ()
+        per_row = np.abs(w).reshape(len(w), -1).max(1) if s.ndim else np.abs(w).max()
+        expected = np.float32(per_row / qmax)
+        if power_of_two:
+            expected = np.exp2(np.ceil(np.log2(expected)))
+            assert np.all(np.abs(q).max() <= qmax)
+        else:
+            assert np.abs(q).max() == qmax
+        np.testing.assert_allclose(s[: len(w)] if s.ndim else s, expected, rtol=1e-6)
+        np.testing.assert_array_equal(q[lead], np.clip(np.round(w / s[: len(w)].reshape(shape) if s.ndim else w / s), -qmax, qmax))
+        assert np.abs(q).sum() == np.abs(q[lead]).sum()
+        if len(conv.input) > 2 and conv.input[2] in producers:  # TensorRT keeps biases float
+            bdq, xdq = producers[conv.input[2]], producers[conv.input[0]]
+            sb = inits[bdq.input[1]]
+            np.testing.assert_allclose(sb, inits[xdq.input[1]] * s, rtol=1e-6)
+            b = floats[bdq.input[0].removesuffix("_quantized")]
+            steps = 1.05 if power_of_two else 0.55  # power_of_two_scales requantizes the bias once more
+            assert np.all(np.abs(inits[bdq.input[0]][: len(b)] * sb[: len(b)] - b) <= steps * sb[: len(b)])
+        checked += 1
+    return checked
+
+
 def test_four_bit_weights_sit_on_their_grid_and_the_toolbox_recovers_what_they_cost(resnet_onnx, splits, problem):
     """The harder space of the search benchmark (issue 20): weights on a 4-bit grid stored in int8. Each learned
-    weight is the nearest 4-bit value of its float weight on a max-range scale, biases follow their new scales,
-    the emission's exact shortcut selections stay exact, and the plain grid costs accuracy that AdaRound and bias
-    correction win back, as their papers report at 4 bits."""
+    weight is the nearest 4-bit value of its float weight, per tensor, per channel and under power-of-two scales,
+    for ONNX Runtime and TensorRT; biases follow their new scales; the emission's exact shortcut selections stay
+    exact; and the plain grid costs accuracy that AdaRound and bias correction win back, as their papers report at
+    4 bits."""
     w4 = QuantProblem(resnet_onnx, splits.calibration, splits.validation, PP, weight_bits=4,
                       adaround=AdaRoundSettings(iterations=40, columns=4096, batch=512), weight_images=64)
+    _, floats = _weights(resnet_onnx)
     base = QuantConfig(1000, "max", "asymmetric", "per_tensor", "int8")
     qdq = w4.build(base)
-    producers = {o: n for n in qdq.graph.node for o in n.output}
-    _, floats = _weights(resnet_onnx)
-    _, inits = _weights(qdq)
-    learned = [n for n in qdq.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized")
-               and inits[n.input[0]].dtype == np.int8]
-    assert len(learned) == 20
-    for dq in learned:
-        q, s = inits[dq.input[0]].astype(np.float64), float(inits[dq.input[1]])
-        w = floats[dq.input[0].removesuffix("_quantized")]
-        lead = tuple(slice(0, d) for d in w.shape)  # the emission pads the stem's input channels with zeros
-        assert np.abs(q).max() == 7 and np.isclose(s, np.abs(w).max() / 7, rtol=1e-6)
-        np.testing.assert_array_equal(q[lead], np.clip(np.round(w / np.float32(s)), -7, 7))
-        assert np.abs(q).sum() == np.abs(q[lead]).sum()
-    for conv in (n for n in qdq.graph.node if n.op_type == "Conv" and len(n.input) > 2):
-        bdq, wdq, xdq = (producers[t] for t in conv.input[:3][::-1])
-        if bdq.op_type == "DequantizeLinear" and wdq.input[0].endswith("_quantized"):
-            np.testing.assert_allclose(inits[bdq.input[1]], inits[xdq.input[1]] * inits[wdq.input[1]], rtol=1e-6)
-    selections = [i for i in qdq.graph.initializer if i.name.endswith("_weight") and i.data_type == onnx.TensorProto.INT8]
-    assert selections and all(set(np.unique(numpy_helper.to_array(i))) <= {0, 1} for i in selections)
+    assert _check_weight_grid(qdq, floats, 7) == 20
+    assert _check_weight_grid(w4.build(dataclasses.replace(base, granularity="per_channel")), floats, 7) == 20
+    pow2 = w4.build(dataclasses.replace(base, scheme="power_of_two", granularity="per_channel"))
+    assert _check_weight_grid(pow2, floats, 7, power_of_two=True) == 20
+    trt = quantize(w4.float_model, w4.calibrator.ranges(1000, "max"),
+                   QuantConfig(1000, "max", "symmetric", "per_channel", "int8"), "tensorrt", weight_bits=4)
+    assert _check_weight_grid(trt, floats, 7) == 20
+    inits = _weights(qdq)[1]
+    selections = [k for k, v in inits.items() if k.endswith("_weight") and v.dtype == np.int8]
+    assert len(selections) == 2  # ResNet-20's two option-A shortcuts: shifted identities, scale 1, one 1 per input
+    for name in selections:
+        assert set(np.unique(inits[name])) == {0, 1} and np.all(inits[name].sum(axis=0) == 1), name
+        assert inits[f"{name}_scale"] == 1.0
     table = w4.weight_table(dataclasses.replace(base, adaround=True))
     assert all(np.abs(e.q.astype(int)).max() <= 7 for e in table.layers.values())
     assert table.summary()["adaround_better"] >= 18
