@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default=str(DATA / "cifar10" / "cifar10-jpeg.tar.gz"))
     ap.add_argument("--validation", type=int, default=1000)
     ap.add_argument("--calibration", type=int, default=1000)
-    ap.add_argument("--test", type=int, default=None, help="first N test images (default: all)")
+    ap.add_argument("--test", type=int, default=None, help="N seeded random test images (default: all); test/ is ordered by class, so "
+                    "its first N would be one class")
     ap.add_argument("--granularities", nargs="+", default=["per_tensor", "per_channel"])
     ap.add_argument("--scheme", default="asymmetric")
     ap.add_argument("--adaround-iterations", type=int, default=AdaRoundSettings.iterations)
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     splits = make_splits(load_dataset(args.data), args.seed, validation=args.validation, calibration=args.calibration)
-    test = splits.test if args.test is None else splits.test.subset(np.arange(args.test))
+    test = splits.test if args.test is None else \
+        splits.test.subset(np.sort(np.random.default_rng(args.seed).permutation(len(splits.test))[: args.test]))
     pp = Preprocess()
     args.out.mkdir(parents=True, exist_ok=True)
     for spec in args.models:
