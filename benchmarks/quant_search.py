@@ -80,6 +80,11 @@ def load_teacher(name: str) -> torch.nn.Module:
     return model.eval()
 
 
+def bits_suffix(weight_bits: int) -> str:
+    """File-name suffix of a measurement with narrowed weights (``_w4``); none for int8."""
+    return "" if weight_bits == 8 else f"_w{weight_bits}"
+
+
 def load_spec(spec: str) -> tuple[str, torch.nn.Module]:
     """``name`` (a shared teacher) or ``label=path`` (a model file written by the pipeline)."""
     if "=" in spec:
@@ -157,7 +162,7 @@ def measure(args: argparse.Namespace) -> None:
                                adaround=AdaRoundSettings(iterations=args.adaround_iterations),
                                weight_images=args.weight_images, seed=args.seed, weight_bits=args.weight_bits)
         fp32_val = top1_onnx(problem.float_model, splits.validation, pp)
-        out = args.out / f"grid_{name}{'' if args.weight_bits == 8 else f'_w{args.weight_bits}'}.json"
+        out = args.out / f"grid_{name}{bits_suffix(args.weight_bits)}.json"
         record = {
             "model": name, "descriptors": model_descriptors(teacher, problem.float_model), "fp32_val_top1": fp32_val,
             "validation_images": len(splits.validation), "calibration_images": len(splits.calibration),

@@ -37,7 +37,7 @@ from compressor.quant.space import QuantConfig
 from compressor.runtime.export import export_onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quant_search import DATA, TEACHERS, load_spec  # noqa: E402
+from quant_search import DATA, TEACHERS, bits_suffix, load_spec  # noqa: E402
 
 VARIANTS = {
     "base": {},
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for spec in args.models:
         name, teacher = load_spec(spec)
-        path = args.out / f"ablation_{name}{'' if args.weight_bits == 8 else f'_w{args.weight_bits}'}.json"
+        path = args.out / f"ablation_{name}{bits_suffix(args.weight_bits)}.json"
         record = json.loads(path.read_text()) if path.exists() else {"model": name, "rows": {},
                                                                      "weight_bits": args.weight_bits}
         fp32_path = export_onnx(teacher, Path(tempfile.mkdtemp()) / "fp32.onnx", (3, 32, 32))
