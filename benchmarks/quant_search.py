@@ -22,6 +22,16 @@ seeds.
     python benchmarks/quant_search.py search --seeds 20 [--warm-db compressor/quant/quantune_db.json]
     python benchmarks/quant_search.py latency --models cifar_resnet20 cifar_resnet56
 
+Phase ``cv``: the paper's choice of XGBoost eta and gamma, a 5-fold cross-validation grid over eta 0.1–0.4 and
+gamma 0–5, on a database (default the shipped one), also scored leaving one model out.
+
+``search --grids-from-db compressor/quant/quantune_db.json`` replays every model of the database (each record set is
+a full grid), warm-started from the others, without the grid files; ``--strategies`` picks which strategies run
+(``xgboost (pooled transfer)`` is Quantune's pooling; slow, since it refits on the whole database every step).
+
+    python benchmarks/quant_search.py cv --out out/cv
+    python benchmarks/quant_search.py search --seeds 20 --grids-from-db compressor/quant/quantune_db.json --out out/s
+
 Phase ``latency``: op types ORT runs and latency of FP32, ORT ``quantize_static`` defaults and our emission (a
 fixed configuration, plus the grid's selected one when the grid exists), by the pass's harness (``--harness
 isolated``: one process per measurement) or with every session in this process (``--harness interleaved``).
@@ -54,11 +64,15 @@ from compressor.quant.problem import QuantProblem, key_name, top1_onnx, weight_k
 from compressor.quant.selection import candidates, choose, speed_check
 from compressor.quant.space import KNOBS, QuantConfig
 from compressor.quant.tuner import (
+    DEFAULT_DB,
+    XGB_PARAMS,
+    XGB_ROUNDS,
     Budget,
     GeneticSearch,
     RandomSearch,
     Record,
     XGBoostTuner,
+    features,
     load_db,
     model_descriptors,
     search,
@@ -298,12 +312,16 @@ def latency(args: argparse.Namespace) -> None:
     (args.out / "latency.json").write_text(json.dumps(out, indent=1))
 
 
-STRATEGY_LABELS = ("xgboost (transfer)", "xgboost (no transfer)", "random", "ga")
+STRATEGY_LABELS = ("xgboost (transfer)", "xgboost (pooled transfer)", "xgboost (no transfer)", "random", "ga")
 
 
 def make_strategy(label: str, grid: dict, name: str, db: list[Record]):
+    """``xgboost (transfer)`` is the pass's tuner (the database as a fading prior); ``pooled`` adds the database
+    Quantune's way, pooled with the model's measurements, under the tuner's current eta / gamma (module docstring
+    of ``compressor.quant.tuner``)."""
     if label.startswith("xgboost"):
-        return XGBoostTuner(grid["descriptors"], grid["fp32_val_top1"], db if "(transfer)" in label else [], name)
+        return XGBoostTuner(grid["descriptors"], grid["fp32_val_top1"], [] if "no transfer" in label else db, name,
+                            transfer="pooled" if "pooled" in label else "prior")
     return RandomSearch() if label == "random" else GeneticSearch()
 
 
@@ -336,8 +354,24 @@ def selection_study(grids: dict, summary: dict) -> None:
               f"{by_agree['test_top1']:.2f} | {np.median(tests):.2f} | {max(tests):.2f} |")
 
 
+def grids_from_db(path: Path) -> dict[str, dict]:
+    """Each model of a warm-start database as a grid to replay: its records are full grid measurements (validation
+    top-1 in the space's order), so a search over them counts the same evaluations as over the grid file. The
+    database keeps no seconds, so the wall column is then the strategies' own CPU time alone."""
+    grids = {}
+    for m in json.loads(path.read_text())["models"]:
+        results = [{**r, "seconds": 0.0} for r in m["results"]]
+        grids[m["model"]] = {**{k: v for k, v in m.items() if k != "results"}, "results": results}
+    return grids
+
+
 def replay(args: argparse.Namespace) -> None:
-    grids = {p.stem[5:]: json.loads(p.read_text()) for p in sorted(args.out.glob("grid_*.json"))}
+    if args.grids_from_db:
+        if args.warm_db and args.warm_db != args.grids_from_db:
+            raise SystemExit("--grids-from-db warm-starts each model from the same database; drop --warm-db")
+        grids, args.warm_db = grids_from_db(args.grids_from_db), args.grids_from_db
+    else:
+        grids = {p.stem[5:]: json.loads(p.read_text()) for p in sorted(args.out.glob("grid_*.json"))}
     # The warm start: the other grids here of the same weight bits, or (--warm-db) a database as the pass ships it;
     # the tuner leaves the model being searched out either way.
     shipped = load_db(args.warm_db) if args.warm_db else None
@@ -365,7 +399,7 @@ def replay(args: argparse.Namespace) -> None:
         space = list(table)
         best = max(v[0] for v in table.values())
         rows = {}
-        for label in STRATEGY_LABELS:
+        for label in args.strategies:
             evals, secs = [], []
             for seed in range(args.seeds):
                 clock = SimClock()
@@ -397,16 +431,52 @@ def replay(args: argparse.Namespace) -> None:
         for k, v in rows.items():
             print(f"| {k} | {v['evals_median']:.1f} ({v['evals_mean']:.1f}) | {v.get('evals', '-')} | "
                   f"{v['seconds_median']:.1f} |")
-        warm, rnd = rows["xgboost (transfer)"]["evals_median"], rows["random"]["evals_median"]
-        print(f"\nwarm XGBoost / random = {warm / rnd:.2f} (goal ≤ 0.5); warm XGBoost / grid = "
-              f"{warm / len(space):.3f} (goal ≤ 0.1)")
+        if {"xgboost (transfer)", "random"} <= set(rows):
+            warm, rnd = rows["xgboost (transfer)"]["evals_median"], rows["random"]["evals_median"]
+            print(f"\nwarm XGBoost / random = {warm / rnd:.2f} (goal ≤ 0.5); warm XGBoost / grid = "
+                  f"{warm / len(space):.3f} (goal ≤ 0.1)")
     tag = ("" if args.within == 0.1 else f"_within{args.within:g}") + ("_warmdb" if args.warm_db else "")
+    args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / f"search_summary{tag}.json", json.dumps(summary, indent=1))
+
+
+def cross_validate(args: argparse.Namespace) -> None:
+    """The paper's choice of eta and gamma (5-fold cross-validation over eta 0.1–0.4 and gamma 0–5) on a warm-start
+    database; also scored leaving one model out, which is how the transfer is used before any own measurement."""
+    import xgboost as xgb
+
+    db = load_db(args.warm_db or DEFAULT_DB)
+    x = np.asarray([features(r.config, r.descriptors) for r in db])
+    y = np.asarray([r.delta for r in db])
+    models = sorted({r.model for r in db})
+    splits = {"5-fold": np.random.default_rng(args.seed).permutation(len(y)) % 5,
+              "leave one model out": np.asarray([models.index(r.model) for r in db])}
+    grid = [(eta, gamma) for eta in (0.1, 0.2, 0.3, 0.4) for gamma in (0, 1, 2, 3, 4, 5)]
+    summary = {}
+    for split, fold in splits.items():
+        mse = {}
+        for eta, gamma in grid:
+            params = {**XGB_PARAMS, "eta": eta, "gamma": float(gamma), "seed": 0}
+            errors = []
+            for f in np.unique(fold):
+                train, test = fold != f, fold == f
+                booster = xgb.train(params, xgb.DMatrix(x[train], label=y[train]), num_boost_round=XGB_ROUNDS)
+                errors.append(float(np.mean((booster.predict(xgb.DMatrix(x[test])) - y[test]) ** 2)))
+            mse[f"eta={eta} gamma={gamma}"] = float(np.mean(errors))
+        best = min(mse, key=mse.get)
+        summary[split] = {"mse": mse, "best": best}
+        print(f"## {split} ({len(db)} records of {len(models)} models): lowest MSE {mse[best]:.4f} pt² at {best}")
+        print("| eta \\ gamma | " + " | ".join(str(g) for g in range(6)) + " |\n" + "|---" * 7 + "|")
+        for eta in (0.1, 0.2, 0.3, 0.4):
+            print(f"| {eta} | " + " | ".join(f"{mse[f'eta={eta} gamma={g}']:.4f}" for g in range(6)) + " |")
+        print(flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.out / "xgb_cv.json", json.dumps(summary, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["measure", "search", "latency"])
+    ap.add_argument("phase", choices=["measure", "search", "latency", "cv"])
     ap.add_argument("--models", nargs="+", default=list(TEACHERS))
     ap.add_argument("--data", default=str(DATA / "cifar10" / "cifar10-jpeg.tar.gz"))
     ap.add_argument("--validation", type=int, default=1000)
@@ -427,6 +497,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warm-db", type=Path, default=None,
                     help="search: warm-start XGBoost from this database (e.g. compressor/quant/quantune_db.json) "
                          "instead of the other grids in --out")
+    ap.add_argument("--grids-from-db", type=Path, default=None,
+                    help="search: replay every model of this database (its records are full grids), each "
+                         "warm-started from the others; summary written to --out")
+    ap.add_argument("--strategies", nargs="+", default=list(STRATEGY_LABELS), choices=STRATEGY_LABELS, metavar="S",
+                    help=f"search: which strategies to replay (default all: {', '.join(STRATEGY_LABELS)})")
     ap.add_argument("--within", type=float, default=0.1,
                     help="search: the target, in points below the grid's best validation top-1 (the issue's goal: 0.1)")
     ap.add_argument("--rounds", type=int, default=15)
@@ -435,7 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("out/quant_bench"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    {"measure": measure, "search": replay, "latency": latency}[args.phase](args)
+    {"measure": measure, "search": replay, "latency": latency, "cv": cross_validate}[args.phase](args)
 
 
 if __name__ == "__main__":

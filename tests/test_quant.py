@@ -21,6 +21,7 @@ from compressor.errors import CompressorError
 from compressor.passes.base import Context
 from compressor.passes.quantize import Quantize
 from compressor.quant import qdq as qdq_module
+from compressor.quant import tuner as tuner_module
 from compressor.quant.calibrate import Calibrator, StatsTable
 from compressor.quant.problem import QuantProblem, top1_onnx
 from compressor.quant.qdq import quantize
@@ -32,6 +33,7 @@ from compressor.quant.tuner import (
     Budget,
     GeneticSearch,
     RandomSearch,
+    Record,
     XGBoostTuner,
     features,
     load_db,
@@ -399,6 +401,78 @@ def test_xgboost_learns_from_measurements():
     rnd_evals = [len(search(RandomSearch(), space, _synthetic_accuracy, Budget(len(space), None, best),
                             seed=s).steps) for s in range(2)]
     assert np.mean(xgb_evals) < np.mean(rnd_evals), (xgb_evals, rnd_evals)
+
+
+def test_prior_transfer_fades_and_learns_what_contradicts_it(monkeypatch):
+    """The default transfer (a prior regressor from other models, fading as this model's measurements come in) must
+    let a few of this model's own measurements overrule the prior when they contradict it by tenths of a point, as
+    on our flat INT8 spaces; the paper's pooling with gamma 3 cannot split on them (lab note, section 7)."""
+    space = config_space("ort-cpu", 500)
+    desc = {"nodes": 50.0, "conv": 19.0, "bn": 19.0, "act": 19.0, "skip": 9.0, "depthwise": 0.0, "pointwise": 0.0,
+            "size_mb": 1.1}
+
+    def other(c: QuantConfig) -> float:  # elsewhere max clipping wins by a point
+        return 89.0 + (c.clipping == "max") - 2.0 * (c.calibration == 1)
+
+    def own(c: QuantConfig) -> float:  # here MSE clipping wins, by 0.3 point
+        return 90.0 + 0.3 * (c.clipping == "mse") - 2.0 * (c.calibration == 1)
+
+    db = [Record(name, {**desc, "conv": conv}, c, other(c), 90.0) for name, conv in (("a", 20.0), ("b", 21.0))
+          for c in space]
+    rng = random.Random(0)
+    tuner = XGBoostTuner(desc, 90.0, db)
+    first = tuner.propose({}, space, rng)  # before any own measurement: the prior alone
+    assert first.clipping == "max" and first.calibration != 1
+    measured = {c: own(c) for c in random.Random(1).sample(space, 24)}
+    pred = tuner.predict(measured, space, rng)
+    by_clipping = {k: np.mean([p for c, p in zip(space, pred) if c.clipping == k and c.calibration != 1])
+                   for k in ("max", "mse")}
+    assert by_clipping["mse"] > by_clipping["max"], by_clipping
+    assert tuner.propose(measured, [c for c in space if c not in measured], rng).clipping == "mse"
+    # Both the fit and the prediction start from the faded prior: measured configurations come back near their own
+    # measurements (a prediction without the margin would be off by the prior's whole point).
+    at_measured = tuner.predict(measured, list(measured), random.Random(2))
+    assert np.abs(at_measured - (np.asarray(list(measured.values())) - 90.0)).max() < 0.1
+    # The prior fades: with half-life 4, after 24 measurements its weight is 2^-6 < 0.05 and it is dropped, so the
+    # tuner predicts exactly as one that never had a database.
+    monkeypatch.setattr(tuner_module, "PRIOR_HALF_LIFE", 4.0)
+    faded = XGBoostTuner(desc, 90.0, db).predict(measured, space, random.Random(3))
+    assert np.array_equal(faded, XGBoostTuner(desc, 90.0).predict(measured, space, random.Random(3)))
+    monkeypatch.setattr(tuner_module, "PRIOR_HALF_LIFE", 64.0)
+    assert not np.array_equal(XGBoostTuner(desc, 90.0, db).predict(measured, space, random.Random(3)), faded)
+    with pytest.raises(ValueError, match="choose one of"):
+        XGBoostTuner(desc, 90.0, db, transfer="mixed")
+    # Why not the paper's way: pooled with its eta 0.15 / gamma 3, the same measurements leave the prior in charge.
+    monkeypatch.setattr(tuner_module, "XGB_PARAMS", {**tuner_module.XGB_PARAMS, "eta": 0.15, "gamma": 3.0})
+    pooled = XGBoostTuner(desc, 90.0, db, transfer="pooled").predict(measured, space, rng)
+    assert np.mean([p for c, p in zip(space, pooled) if c.clipping == "max" and c.calibration != 1]) > np.mean(
+        [p for c, p in zip(space, pooled) if c.clipping == "mse" and c.calibration != 1])
+
+
+def test_search_benchmark_strategies_get_the_right_database(tmp_path):
+    """quant_search's labels: the pass's tuner (prior), Quantune's pooling and the cold tuner (no database); and
+    --grids-from-db turns each database model into a grid of its records, in order."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("quant_search", ROOT / "benchmarks" / "quant_search.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    records = load_db(DEFAULT_DB)
+    grids = bench.grids_from_db(DEFAULT_DB)
+    name = records[0].model
+    g = grids[name]
+    assert [QuantConfig(**r["config"]) for r in g["results"]] == [r.config for r in records if r.model == name]
+    made = {label: bench.make_strategy(label, g, name, records) for label in bench.STRATEGY_LABELS}
+    assert made["xgboost (transfer)"].transfer == "prior" and made["xgboost (transfer)"].db
+    assert made["xgboost (pooled transfer)"].transfer == "pooled" and made["xgboost (pooled transfer)"].db
+    assert not made["xgboost (no transfer)"].db
+    assert all(r.model != name for r in made["xgboost (transfer)"].db)
+    assert isinstance(made["random"], RandomSearch) and isinstance(made["ga"], GeneticSearch)
+    with pytest.raises(SystemExit, match="drop --warm-db"):
+        bench.main(["search", "--grids-from-db", str(DEFAULT_DB), "--warm-db", str(tmp_path / "other.json"),
+                    "--out", str(tmp_path)])
+    assert json.loads(DEFAULT_DB.read_text())["models"][0]["model"] == name
 
 
 def test_warm_start_database_loads():
