@@ -8,6 +8,9 @@ best validation top-1 found within ``max_evals`` evaluations (the pass's default
 evaluations needed to come within 0.1 point of the model's best.
 
     python benchmarks/quant_batch.py --batches 1,2,4,8 --seeds 10
+
+``--transfer pooled --eta 0.15 --gamma 3`` replays the tuner as Quantune set it (and as it shipped until
+2026-12-04); ``--cold`` without the database; ``--no-target`` skips the slow evaluations-to-target column.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from compressor.core.files import write_atomic
-from compressor.quant.tuner import DEFAULT_DB, Budget, XGBoostTuner, load_db, search
+from compressor.quant import tuner as tuner_module
+from compressor.quant.tuner import DEFAULT_DB, TRANSFERS, Budget, XGBoostTuner, load_db, search
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,8 +35,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--max-evals", default="6,12")
     ap.add_argument("--diversity", default="2", help="the tuner's diversity filter (1: plain top-k of the predictions)")
+    ap.add_argument("--transfer", choices=TRANSFERS, default="prior")
+    ap.add_argument("--cold", action="store_true", help="no warm-start database")
+    ap.add_argument("--eta", type=float, default=tuner_module.XGB_PARAMS["eta"])
+    ap.add_argument("--gamma", type=float, default=tuner_module.XGB_PARAMS["gamma"])
+    ap.add_argument("--no-target", action="store_true", help="skip the evaluations-to-target column")
     ap.add_argument("--json", default=str(ROOT / "out" / "quant_batch.json"))
     args = ap.parse_args()
+    tuner_module.XGB_PARAMS = {**tuner_module.XGB_PARAMS, "eta": args.eta, "gamma": args.gamma}
     records = load_db(DEFAULT_DB)
     models = sorted({r.model for r in records})
     batches = [int(b) for b in args.batches.split(",")]
@@ -50,15 +60,17 @@ def main() -> None:
         out[model] = {"grid_best": best}
         for batch in batches:
             for div in diversities if batch > 1 else [1]:
-                tuner = functools.partial(XGBoostTuner, descriptors, fp32, records, model, diversity=div)
+                tuner = functools.partial(XGBoostTuner, descriptors, fp32, [] if args.cold else records, model,
+                                          diversity=div, transfer=args.transfer)
                 row = {}
                 for m in limits:
                     found = [search(tuner(), space, table.__getitem__, Budget(m), seed, batch=batch).best.val_top1
                              for seed in range(args.seeds)]
                     row[f"best_in_{m}"] = float(np.mean(found))
-                evals = [len(search(tuner(), space, table.__getitem__, Budget(len(space), None, best - 0.1), seed,
-                                    batch=batch).steps) for seed in range(args.seeds)]
-                row["evals_to_target"] = float(np.mean(evals))
+                evals = [] if args.no_target else [
+                    len(search(tuner(), space, table.__getitem__, Budget(len(space), None, best - 0.1), seed,
+                               batch=batch).steps) for seed in range(args.seeds)]
+                row["evals_to_target"] = float(np.mean(evals)) if evals else float("nan")
                 out[model][f"batch_{batch}_diversity_{div}"] = row
                 cells = " | ".join(f"{row[f'best_in_{m}']:.2f}" for m in limits)
                 print(f"| {model} (grid best {best:.2f}) | {batch} | {div} | {cells} | {row['evals_to_target']:.1f} |",
