@@ -59,6 +59,7 @@ from compressor.core.files import write_atomic
 from compressor.core.serialize import load_model
 from compressor.core.zoo import ZOO
 from compressor.quant import qdq as qdq_module
+from compressor.quant import tuner as tuner_module
 from compressor.quant.adaround import AdaRoundSettings
 from compressor.quant.problem import QuantProblem, key_name, top1_onnx, weight_key
 from compressor.quant.selection import candidates, choose, speed_check
@@ -502,6 +503,9 @@ def main(argv: list[str] | None = None) -> None:
                          "warm-started from the others; summary written to --out")
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGY_LABELS), choices=STRATEGY_LABELS, metavar="S",
                     help=f"search: which strategies to replay (default all: {', '.join(STRATEGY_LABELS)})")
+    ap.add_argument("--eta", type=float, default=None, help="search: the XGBoost tuners' eta (default the tuner's)")
+    ap.add_argument("--gamma", type=float, default=None,
+                    help="search: the XGBoost tuners' gamma (default the tuner's; Quantune's paper: --eta 0.15 --gamma 3)")
     ap.add_argument("--within", type=float, default=0.1,
                     help="search: the target, in points below the grid's best validation top-1 (the issue's goal: 0.1)")
     ap.add_argument("--rounds", type=int, default=15)
@@ -510,6 +514,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("out/quant_bench"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
+    for knob in ("eta", "gamma"):
+        if getattr(args, knob) is not None:
+            tuner_module.XGB_PARAMS = {**tuner_module.XGB_PARAMS, knob: getattr(args, knob)}
     {"measure": measure, "search": replay, "latency": latency, "cv": cross_validate}[args.phase](args)
 
 
