@@ -27,7 +27,8 @@ gamma 0–5, on a database (default the shipped one), also scored leaving one mo
 
 ``search --grids-from-db compressor/quant/quantune_db.json`` replays every model of the database (each record set is
 a full grid), warm-started from the others, without the grid files; ``--strategies`` picks which strategies run
-(``xgboost (pooled transfer)`` is Quantune's pooling; slow, since it refits on the whole database every step).
+(``xgboost (pooled transfer)`` is Quantune's pooling; slow, since it refits on the whole database every step);
+``--eta 0.15 --gamma 3`` replays the tuners with the paper's XGBoost parameters instead of the tuner's own.
 
     python benchmarks/quant_search.py cv --out out/cv
     python benchmarks/quant_search.py search --seeds 20 --grids-from-db compressor/quant/quantune_db.json --out out/s
