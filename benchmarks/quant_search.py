@@ -507,6 +507,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eta", type=float, default=None, help="search: the XGBoost tuners' eta (default the tuner's)")
     ap.add_argument("--gamma", type=float, default=None,
                     help="search: the XGBoost tuners' gamma (default the tuner's; Quantune's paper: --eta 0.15 --gamma 3)")
+    ap.add_argument("--prior-gamma", type=float, default=None,
+                    help="search: the gamma of the warm start's prior regressor (default the tuner's)")
     ap.add_argument("--within", type=float, default=0.1,
                     help="search: the target, in points below the grid's best validation top-1 (the issue's goal: 0.1)")
     ap.add_argument("--rounds", type=int, default=15)
@@ -515,9 +517,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("out/quant_bench"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    for knob in ("eta", "gamma"):
+    for knob in ("eta", "gamma"):  # both regressors; --prior-gamma then sets the prior's own
         if getattr(args, knob) is not None:
             tuner_module.XGB_PARAMS = {**tuner_module.XGB_PARAMS, knob: getattr(args, knob)}
+            tuner_module.PRIOR_PARAMS = {**tuner_module.PRIOR_PARAMS, knob: getattr(args, knob)}
+    if args.prior_gamma is not None:
+        tuner_module.PRIOR_PARAMS = {**tuner_module.PRIOR_PARAMS, "gamma": args.prior_gamma}
     {"measure": measure, "search": replay, "latency": latency, "cv": cross_validate}[args.phase](args)
 
 

@@ -10,7 +10,8 @@ measurements of models with different base accuracy share one scale.
 Two departures, each measured (docs/lab-notes/quant-toolbox.md, section 7):
 
 - eta and gamma are picked the paper's way, a 5-fold cross-validation grid over eta 0.1–0.4 and gamma 0–5, but on
-  our database (``benchmarks/quant_search.py cv``): eta 0.1, gamma 0. The paper's eta 0.15 / gamma 3 came from its
+  our database (``benchmarks/quant_search.py cv``): eta 0.1, gamma 0. The prior below, which predicts a model it
+  has never seen, takes the gamma the same grid picks when scored leaving one model out: 5. The paper's eta 0.15 / gamma 3 came from its
   ImageNet data; gamma is the least loss reduction a split must bring, in squared points, and on our flat spaces,
   where configurations differ by tenths of a point, gamma 3 forbids almost every split that a model's own few
   measurements could make.
@@ -49,6 +50,8 @@ from compressor.quant.space import KNOBS, QuantConfig
 DEFAULT_DB = Path(__file__).resolve().parent / "quantune_db.json"
 DESCRIPTORS = ("nodes", "conv", "bn", "act", "skip", "depthwise", "pointwise", "size_mb")
 XGB_PARAMS = {"objective": "reg:squarederror", "eta": 0.1, "gamma": 0.0, "max_depth": 6, "nthread": 1}
+# The prior predicts a model it has never seen: its gamma is what the same grid picks scored leaving one model out.
+PRIOR_PARAMS = {**XGB_PARAMS, "gamma": 5.0}
 XGB_ROUNDS = 200
 PRIOR_HALF_LIFE = 64.0  # measurements of this model after which the prior's prediction counts half (AutoTVM's)
 TRANSFERS = ("prior", "pooled")
@@ -248,11 +251,11 @@ class XGBoostTuner:
             y = [r.delta for r in self.db] + own_y
             if len(x) < 2:
                 return None
-            return self._fit(np.asarray(x), np.asarray(y), None, rng).predict(xgb.DMatrix(cand))
+            return self._fit(XGB_PARAMS, np.asarray(x), np.asarray(y), None, rng).predict(xgb.DMatrix(cand))
         discount = 2.0 ** (-len(own_y) / PRIOR_HALF_LIFE) if self.db else 0.0
         discount = discount if discount >= 0.05 else 0.0  # AutoTVM drops a prior this faded
         if discount and self._prior is None:  # no subsampling, so the prior's seed changes nothing
-            self._prior = self._fit(np.asarray([features(r.config, r.descriptors) for r in self.db]),
+            self._prior = self._fit(PRIOR_PARAMS, np.asarray([features(r.config, r.descriptors) for r in self.db]),
                                     np.asarray([r.delta for r in self.db]), None, random.Random(0))
         prior = (lambda x: discount * self._prior.predict(xgb.DMatrix(x))) if discount else None
         if not own_y:
@@ -263,19 +266,19 @@ class XGBoostTuner:
         # mean measured (set explicitly, so the intercept does not depend on XGBoost's own estimate).
         margin_of = prior or (lambda x: np.full(len(x), float(np.mean(own_y))))
         own_x = np.asarray(own_x)
-        booster = self._fit(own_x, np.asarray(own_y), margin_of(own_x), rng)
+        booster = self._fit(XGB_PARAMS, own_x, np.asarray(own_y), margin_of(own_x), rng)
         test = xgb.DMatrix(cand)
         test.set_base_margin(margin_of(cand))
         return booster.predict(test)
 
     @staticmethod
-    def _fit(x: np.ndarray, y: np.ndarray, margin: np.ndarray | None, rng: random.Random):
+    def _fit(params: dict, x: np.ndarray, y: np.ndarray, margin: np.ndarray | None, rng: random.Random):
         import xgboost as xgb
 
         data = xgb.DMatrix(x, label=y)
         if margin is not None:
             data.set_base_margin(margin)
-        return xgb.train({**XGB_PARAMS, "seed": rng.randrange(2**31)}, data, num_boost_round=XGB_ROUNDS)
+        return xgb.train({**params, "seed": rng.randrange(2**31)}, data, num_boost_round=XGB_ROUNDS)
 
 
 def diverse_pick(ranked: list[QuantConfig], k: int) -> list[QuantConfig]:
