@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gamma", type=float, default=None,
                     help="search: the XGBoost tuners' gamma (default the tuner's; Quantune's paper: --eta 0.15 --gamma 3)")
     ap.add_argument("--prior-gamma", type=float, default=None,
-                    help="search: the gamma of the warm start's prior regressor (default the tuner's)")
+                    help="search: the gamma of the warm start's prior regressor (default: --gamma if given, else the tuner's 5)")
     ap.add_argument("--within", type=float, default=0.1,
                     help="search: the target, in points below the grid's best validation top-1 (the issue's goal: 0.1)")
     ap.add_argument("--rounds", type=int, default=15)
