@@ -37,18 +37,13 @@ def main() -> None:
     ap.add_argument("--diversity", default="2", help="the tuner's diversity filter (1: plain top-k of the predictions)")
     ap.add_argument("--transfer", choices=TRANSFERS, default="prior")
     ap.add_argument("--cold", action="store_true", help="no warm-start database")
-    ap.add_argument("--eta", type=float, default=tuner_module.XGB_PARAMS["eta"])
+    ap.add_argument("--eta", type=float, default=None, help="both regressors' eta (default the tuner's)")
     ap.add_argument("--gamma", type=float, default=None, help="both regressors' gamma (default the tuner's)")
     ap.add_argument("--prior-gamma", type=float, default=None, help="the prior regressor's gamma (default the tuner's)")
     ap.add_argument("--no-target", action="store_true", help="skip the evaluations-to-target column")
     ap.add_argument("--json", default=str(ROOT / "out" / "quant_batch.json"))
     args = ap.parse_args()
-    # As in quant_search: --eta / --gamma set both regressors, then --prior-gamma the prior's own.
-    gamma = {} if args.gamma is None else {"gamma": args.gamma}
-    tuner_module.XGB_PARAMS = {**tuner_module.XGB_PARAMS, "eta": args.eta, **gamma}
-    tuner_module.PRIOR_PARAMS = {**tuner_module.PRIOR_PARAMS, "eta": args.eta, **gamma}
-    if args.prior_gamma is not None:
-        tuner_module.PRIOR_PARAMS = {**tuner_module.PRIOR_PARAMS, "gamma": args.prior_gamma}
+    tuner_module.set_params(args.eta, args.gamma, args.prior_gamma)
     records = load_db(DEFAULT_DB)
     models = sorted({r.model for r in records})
     batches = [int(b) for b in args.batches.split(",")]

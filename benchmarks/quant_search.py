@@ -517,12 +517,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("out/quant_bench"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    for knob in ("eta", "gamma"):  # both regressors; --prior-gamma then sets the prior's own
-        if getattr(args, knob) is not None:
-            tuner_module.XGB_PARAMS = {**tuner_module.XGB_PARAMS, knob: getattr(args, knob)}
-            tuner_module.PRIOR_PARAMS = {**tuner_module.PRIOR_PARAMS, knob: getattr(args, knob)}
-    if args.prior_gamma is not None:
-        tuner_module.PRIOR_PARAMS = {**tuner_module.PRIOR_PARAMS, "gamma": args.prior_gamma}
+    tuner_module.set_params(args.eta, args.gamma, args.prior_gamma)
     {"measure": measure, "search": replay, "latency": latency, "cv": cross_validate}[args.phase](args)
 
 

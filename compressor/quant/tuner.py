@@ -11,10 +11,10 @@ Two departures, each measured (docs/lab-notes/quant-toolbox.md, section 7):
 
 - eta and gamma are picked the paper's way, a 5-fold cross-validation grid over eta 0.1–0.4 and gamma 0–5, but on
   our database (``benchmarks/quant_search.py cv``): eta 0.1, gamma 0. The prior below, which predicts a model it
-  has never seen, takes the gamma the same grid picks when scored leaving one model out: 5. The paper's eta 0.15 / gamma 3 came from its
-  ImageNet data; gamma is the least loss reduction a split must bring, in squared points, and on our flat spaces,
-  where configurations differ by tenths of a point, gamma 3 forbids almost every split that a model's own few
-  measurements could make.
+  has never seen, takes the gamma the same grid picks when scored leaving one model out: 5. The paper's eta 0.15 /
+  gamma 3 came from its ImageNet data; gamma is the least loss reduction a split must bring, in squared points,
+  and on our flat spaces, where configurations differ by tenths of a point, gamma 3 forbids almost every split
+  that a model's own few measurements could make.
 - ``transfer="prior"`` (the default) combines the two data sources as AutoTVM's XGBoost cost model does (Chen et
   al., NeurIPS 2018; TVM's ``XGBoostCostModel``): a prior regressor is trained once on the database, and the online
   regressor is trained on this model's measurements alone, starting from the prior's prediction scaled by
@@ -57,6 +57,15 @@ PRIOR_HALF_LIFE = 64.0  # measurements of this model after which the prior's pre
 TRANSFERS = ("prior", "pooled")
 
 
+def set_params(eta: float | None = None, gamma: float | None = None, prior_gamma: float | None = None) -> None:
+    """Replay other XGBoost settings (the benchmarks' ``--eta``, ``--gamma``, ``--prior-gamma``): eta and gamma set
+    both regressors, then ``prior_gamma`` the prior's own; None keeps a value."""
+    global XGB_PARAMS, PRIOR_PARAMS
+    both = {k: v for k, v in (("eta", eta), ("gamma", gamma)) if v is not None}
+    XGB_PARAMS = {**XGB_PARAMS, **both}
+    PRIOR_PARAMS = {**PRIOR_PARAMS, **both, **({} if prior_gamma is None else {"gamma": prior_gamma})}
+
+
 def model_descriptors(module: nn.Module, float_onnx: onnx.ModelProto) -> dict[str, float]:
     """Quantune's model descriptors: layer counts from the PyTorch module, node and skip counts from the graph."""
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
@@ -74,6 +83,11 @@ def model_descriptors(module: nn.Module, float_onnx: onnx.ModelProto) -> dict[st
 
 def features(config: QuantConfig, descriptors: dict[str, float]) -> list[float]:
     return config.one_hot() + [float(descriptors[k]) for k in DESCRIPTORS]
+
+
+def feature_matrix(rows: list[list[float]]) -> np.ndarray:
+    """Rows of :func:`features` as one (n, features) array, also when there are none."""
+    return np.asarray(rows, dtype=float).reshape(len(rows), len(QuantConfig().one_hot()) + len(DESCRIPTORS))
 
 
 @dataclass
@@ -220,6 +234,8 @@ class XGBoostTuner:
         self.descriptors, self.fp32, self.diversity, self.transfer = descriptors, fp32_top1, diversity, transfer
         # Leave the current model out of the transfer data: same name, or same architecture (descriptors).
         self.db = [r for r in db if r.model != model_name and r.descriptors != descriptors]
+        self._db_x = feature_matrix([features(r.config, r.descriptors) for r in self.db])
+        self._db_y = np.asarray([r.delta for r in self.db])
         self._prior = None
 
     def propose(self, measured, unexplored, rng):
@@ -247,16 +263,15 @@ class XGBoostTuner:
         own_y = [v - self.fp32 for v in measured.values()]
         cand = np.asarray([features(c, self.descriptors) for c in configs])
         if self.transfer == "pooled":
-            x = [features(r.config, r.descriptors) for r in self.db] + own_x
-            y = [r.delta for r in self.db] + own_y
-            if len(x) < 2:
+            if len(self.db) + len(own_y) < 2:
                 return None
-            return self._fit(XGB_PARAMS, np.asarray(x), np.asarray(y), None, rng).predict(xgb.DMatrix(cand))
+            x = np.concatenate([self._db_x, feature_matrix(own_x)])
+            y = np.concatenate([self._db_y, own_y])
+            return self._fit(XGB_PARAMS, x, y, None, rng).predict(xgb.DMatrix(cand))
         discount = 2.0 ** (-len(own_y) / PRIOR_HALF_LIFE) if self.db else 0.0
         discount = discount if discount >= 0.05 else 0.0  # AutoTVM drops a prior this faded
         if discount and self._prior is None:  # no subsampling, so the prior's seed changes nothing
-            self._prior = self._fit(PRIOR_PARAMS, np.asarray([features(r.config, r.descriptors) for r in self.db]),
-                                    np.asarray([r.delta for r in self.db]), None, random.Random(0))
+            self._prior = self._fit(PRIOR_PARAMS, self._db_x, self._db_y, None, random.Random(0))
         prior = (lambda x: discount * self._prior.predict(xgb.DMatrix(x))) if discount else None
         if not own_y:
             return prior(cand) if prior else None
