@@ -67,9 +67,13 @@ class QuantizeConfig:
     speed_accuracy_budget: points of validation top-1 the pass may give up for speed: of the timed candidates
     faster than FP32 within that many points of the best (and meeting max_accuracy_drop when set), the fastest
     beyond noise is written, else the most accurate (:func:`compressor.quant.selection.choose`).
+    min_speed_gain: a less accurate candidate (or a later one of equal accuracy) replaces the choice only when its
+    batch throughput is at least ``1 + min_speed_gain`` times the choice's beyond noise; smaller gains move from
+    run to run on a shared host and would make the written model depend on the run.
     fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on the target's CPU runtime
-    (ort-cpu, openvino-cpu). "Faster" means beyond the measured noise (every timed round); a speed-up within the
-    noise counts as not faster (:mod:`compressor.quant.selection`), so jitter does not decide the deployed model.
+    (ort-cpu, openvino-cpu). "Faster" means beyond the measured noise (all paired timing rounds but the most
+    extreme quarter); a speed-up within the noise counts as not faster (:mod:`compressor.quant.selection`), so
+    jitter does not decide the deployed model.
     min_speedup / latency_batch / threads: the speed-up INT8 must reach at batch 1 and at ``latency_batch``,
     timed with that many threads, each model in its own process (``measure_isolated``); on openvino-cpu both
     models run with the recipe's OpenVINO precision hint."""
@@ -94,6 +98,7 @@ class QuantizeConfig:
     accuracy_tolerance: float = param(0.1, ge=0)
     latency_candidates: int = param(3, ge=1)
     speed_accuracy_budget: float = param(0.5, ge=0)
+    min_speed_gain: float = param(0.2, ge=0)
     min_speedup: float = param(1.0, gt=0)
     latency_batch: int = param(64, ge=1)
     threads: int = param(2, ge=1)
@@ -163,7 +168,7 @@ class Quantune:
         lat = {cfg: timed[f"int8:{cfg.key()}"] for cfg in pool}
         checks = {cfg: speed_check(timed["fp32"], lat[cfg], c.min_speedup) for cfg in pool}
         best, choice_rule = choose(pool, scores, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance,
-                                   floor=target_acc)
+                                   floor=target_acc, min_gain=c.min_speed_gain)
         qdq, speed = models[f"int8:{best.key()}"], checks[best]
         with atomic_path(ctx.out_dir / "quantized_int8.onnx") as tmp:
             onnx.save(qdq, tmp)

@@ -1,9 +1,12 @@
 """Which INT8 configuration the quantize pass writes, and whether it is worth deploying on the target.
 
 Decisions rest on seeded, deterministic quantities (validation top-1, the space's fixed order). A measured
-latency decides only where it differs beyond its own noise: every measured round of one model must beat every
-round of the other (non-overlapping per-round spreads). Where the spreads overlap a fixed rule decides, so timing
-jitter never picks the artifact; each decision records which rule made it.
+latency decides only where it differs beyond its own noise. The timed models alternate round by round, so round i
+of one model ran beside round i of the other: each comparison is a set of per-round ratios, which cancels drift
+that slows every model alike. A ratio counts when every round but the most extreme quarter at each end shows it
+(4 of 5 rounds on both sides of the threshold), so one burst of host load during one round cannot decide. Where
+the rounds disagree a fixed rule decides, so timing jitter never picks the artifact; each decision records which
+rule made it.
 """
 
 from __future__ import annotations
@@ -12,23 +15,35 @@ from compressor.quant.space import QuantConfig
 from compressor.runtime.latency import Latency
 
 FASTER, NOT_FASTER, WITHIN_NOISE = "faster", "not faster", "within noise"
+BEYOND_NOISE = "in all but the most extreme quarter of the paired rounds"
 
 
-def _verdict(low: float, high: float, need: float) -> str:
-    """A speed-up known only to lie in [low, high] (over all pairs of rounds) against the speed-up needed."""
-    return FASTER if low >= need else NOT_FASTER if high < need else WITHIN_NOISE
+def round_ratios(fast: Latency, slow: Latency) -> tuple[list[float], list[float]] | None:
+    """Per round, how many times faster ``fast`` ran than ``slow``: in batch throughput and at batch 1. None when
+    either kept no rounds or they were not timed in the same rounds."""
+    rounds = (fast.throughput_rounds, slow.throughput_rounds, fast.batch1_rounds, slow.batch1_rounds)
+    if None in rounds or len({len(r) for r in rounds}) != 1:
+        return None
+    throughput = [f / s for f, s in zip(fast.throughput_rounds, slow.throughput_rounds)]
+    batch1 = [s / f for f, s in zip(fast.batch1_rounds, slow.batch1_rounds)]
+    return throughput, batch1
+
+
+def _verdict(ratios: list[float], need: float) -> str:
+    """``faster`` when all rounds but the most extreme quarter reach ``need``, ``not faster`` when all but the
+    most extreme quarter miss it, else ``within noise``."""
+    r, k = sorted(ratios), len(ratios) // 4
+    return FASTER if r[k] >= need else NOT_FASTER if r[-1 - k] < need else WITHIN_NOISE
 
 
 def speedup_verdict(fp32: Latency, int8: Latency, min_speedup: float = 1.0) -> str:
-    """``faster`` when INT8 reaches ``min_speedup`` over FP32 in batch throughput and batch-1 latency in every
-    pair of measured rounds; ``not faster`` when it misses on either in every pair; else ``within noise`` (also
-    when rounds were not kept, so no spread is known)."""
-    if None in (fp32.throughput_range, int8.throughput_range, fp32.batch1_range, int8.batch1_range):
+    """``faster`` when INT8 reaches ``min_speedup`` over FP32 beyond noise in both batch throughput and batch-1
+    latency; ``not faster`` when it misses on either beyond noise; else ``within noise`` (also when rounds were
+    not kept, so no noise is known)."""
+    ratios = round_ratios(int8, fp32)
+    if ratios is None:
         return WITHIN_NOISE
-    throughput = _verdict(int8.throughput_range[0] / fp32.throughput_range[1],
-                          int8.throughput_range[1] / fp32.throughput_range[0], min_speedup)
-    batch1 = _verdict(fp32.batch1_range[0] / int8.batch1_range[1], fp32.batch1_range[1] / int8.batch1_range[0],
-                      min_speedup)
+    throughput, batch1 = (_verdict(r, min_speedup) for r in ratios)
     if NOT_FASTER in (throughput, batch1):
         return NOT_FASTER
     return FASTER if throughput == batch1 == FASTER else WITHIN_NOISE
@@ -39,8 +54,8 @@ def speed_check(fp32: Latency, int8: Latency, min_speedup: float = 1.0) -> dict:
     ``faster``; a speed-up within the noise counts as not faster (the fixed rule), and ``speed_rule`` says
     which applied. The speed-ups themselves are ratios of medians, for the report."""
     verdict = speedup_verdict(fp32, int8, min_speedup)
-    rule = {FASTER: f"measured: INT8 reached x{min_speedup:g} FP32's speed in every round",
-            NOT_FASTER: f"measured: INT8 missed x{min_speedup:g} FP32's speed in every round",
+    rule = {FASTER: f"measured: INT8 reached x{min_speedup:g} FP32's speed {BEYOND_NOISE}",
+            NOT_FASTER: f"measured: INT8 missed x{min_speedup:g} FP32's speed {BEYOND_NOISE}",
             WITHIN_NOISE: f"fixed rule: a speed-up not beyond the measured noise of x{min_speedup:g} counts as not "
                           "faster"}[verdict]
     return {
@@ -76,15 +91,17 @@ def latency_pool(results: dict[QuantConfig, float], target: str, tolerance: floa
 
 def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: dict[QuantConfig, Latency],
            checks: dict[QuantConfig, dict], speed_accuracy_budget: float, tolerance: float,
-           floor: float | None = None) -> tuple[QuantConfig, str]:
+           floor: float | None = None, min_gain: float = 0.2) -> tuple[QuantConfig, str]:
     """Of the timed candidates ``pool``, the fastest one measured faster than FP32 beyond noise within
     ``speed_accuracy_budget`` points of the best validation top-1 and at or above ``floor`` (an accuracy goal),
     else the most accurate candidate: users buy speed at a bounded accuracy loss.
 
-    Timing decides only beyond noise. Candidates are walked from the most accurate down (ties in the space's
-    fixed order); one replaces the current choice only when its every round of batch throughput beats every round
-    of the current one and it is not slower at batch 1 beyond noise. Without a replacement the most accurate one
-    stands, whatever the medians say. Returns the choice and the rule that made it."""
+    Timing decides only beyond noise and only for a real gain. Candidates are walked from the most accurate down
+    (ties in the space's fixed order); one replaces the current choice only when its batch throughput is at least
+    ``1 + min_gain`` times the current one's beyond noise (:func:`round_ratios`) and it is not slower at batch 1
+    beyond noise. A gain smaller than that is within what a shared host moves from one run to the next, and an
+    artifact chosen on it would differ between runs of the same recipe. Without a replacement the most accurate
+    one stands, whatever the medians say. Returns the choice and the rule that made it."""
     best_acc = max(results.values())
     budget = max(speed_accuracy_budget, tolerance)
     lowest = best_acc - budget if floor is None else max(best_acc - budget, floor)
@@ -94,23 +111,25 @@ def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: 
     walk = ranked if fast else [c for c in ranked if results[c] == results[ranked[0]]]
     pick, refused = walk[0], False
     for c in walk[1:]:
-        if latency[c].clearly_faster(latency[pick]):
-            if latency[c].clearly_slower_at_batch1(latency[pick]):
-                refused = True
-            else:
-                pick = c
+        ratios = round_ratios(latency[c], latency[pick])
+        if ratios is None or _verdict(ratios[0], 1 + min_gain) != FASTER:
+            continue
+        if _verdict(ratios[1], 1.0) == NOT_FASTER:
+            refused = True
+        else:
+            pick = c
     if fast:
         basis = (f"the fastest candidate measured faster than FP32 beyond noise within {budget:g} pt of the best "
                  "validation top-1" + ("" if floor is None else " and above the accuracy goal"))
     else:
         basis = "the most accurate candidate (none measured faster than FP32 beyond noise)"
+    gain = f"x{1 + min_gain:g} the throughput {BEYOND_NOISE}"
     if pick != walk[0]:
-        return pick, (f"{basis}: faster in every round than {walk[0].key()} "
+        return pick, (f"{basis}: {gain} of {walk[0].key()} "
                       f"({results[walk[0]]:g} against {results[pick]:g} validation top-1)")
     if len(walk) == 1:
         return pick, basis
-    why = ("a faster one was slower at batch 1 beyond noise" if refused else
-           "no other was faster than it in every round")
+    why = ("a faster one was slower at batch 1 beyond noise" if refused else f"no other reached {gain} of it")
     tied = sum(results[c] == results[pick] for c in walk)
     order = f", the first of {tied} equally accurate in the space's fixed order" if tied > 1 else ""
     return pick, f"{basis}: the most accurate{order}; {why}"

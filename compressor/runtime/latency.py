@@ -26,27 +26,14 @@ from compressor.runtime.sessions import ort_session
 
 @dataclass
 class Latency:
-    """Batch-1 median latency and batch-N throughput of one model, with the spread over rounds when rounds were
-    kept (comparisons beyond noise need them)."""
+    """Batch-1 median latency and batch-N throughput of one model, with each round's figures when rounds were kept
+    (comparisons beyond noise pair them round by round: :mod:`compressor.quant.selection`)."""
 
     batch1_ms: float
     throughput: float  # images per second at ``batch``
     batch: int
-    throughput_range: tuple[float, float] | None = None  # slowest and fastest round
-    batch1_range: tuple[float, float] | None = None  # fastest and slowest round's median batch-1 latency, ms
-
-    def clearly_faster(self, other: Latency) -> bool:
-        """Faster beyond the measured noise: this model's slowest round beats the other's fastest."""
-        if self.throughput_range is None or other.throughput_range is None:
-            return False
-        return self.throughput_range[0] > other.throughput_range[1]
-
-    def clearly_slower_at_batch1(self, other: Latency) -> bool:
-        """Slower at batch 1 beyond the measured noise: this model's fastest round is slower than the other's
-        slowest."""
-        if self.batch1_range is None or other.batch1_range is None:
-            return False
-        return self.batch1_range[0] > other.batch1_range[1]
+    throughput_rounds: tuple[float, ...] | None = None  # each round's throughput, in the order the rounds ran
+    batch1_rounds: tuple[float, ...] | None = None  # each round's median batch-1 latency, ms
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -108,5 +95,5 @@ def measure_isolated(
         per_round = [batch * 1e3 / ms for ms in measured[batch][i][2]]
         per_round1 = measured[1][i][2]
         out[k] = Latency(float(np.median(measured[1][i][0])), float(batch * 1e3 / np.median(measured[batch][i][0])),
-                         batch, (min(per_round), max(per_round)), (min(per_round1), max(per_round1)))
+                         batch, tuple(per_round), tuple(per_round1))
     return out
