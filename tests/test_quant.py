@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib.util
 import random
 from pathlib import Path
 
@@ -565,6 +566,25 @@ def test_choose_lets_timing_decide_only_beyond_noise_and_for_a_real_gain():
     slow = {a: _lat(0.6, 2200.0), b: _lat(0.55, 2900.0), c: _lat(0.3, 2950.0)}
     best, rule = pick(slow)
     assert best == b and rule.startswith("the most accurate candidate (none")
+
+
+def test_selection_stability_benchmark_keeps_the_old_rule_for_comparison():
+    """benchmarks/selection_stability.py judges each repetition by the pass's rule and by the unpaired rule it
+    replaced: 12 % faster in every round swayed the old rule, not the new one; a burst in one round blinded the old."""
+    spec = importlib.util.spec_from_file_location("selection_stability",
+                                                  ROOT / "benchmarks" / "selection_stability.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    space = config_space("ort-cpu")
+    a, b = space[0], space[1]
+    results, fp32 = {a: 90.0, b: 89.9}, _lat(0.5, 3000.0)
+    close = {a: _lat(0.25, 6000.0), b: _lat(0.23, 6720.0)}
+    assert bench.unpaired_choice([a, b], results, close, fp32) == (b, True)
+    assert choose([a, b], results, close, {k: speed_check(fp32, v) for k, v in close.items()}, 0.5, 0.1)[0] == a
+    burst = {a: _lat(0.25, 6000.0, (1.0, 1.0, 0.45, 1.0, 1.0)), b: _lat(0.23, 6720.0)}
+    assert bench.unpaired_choice([a, b], results, burst, fp32) == (b, True)  # a not faster than FP32: b alone is
+    checks = {k: speed_check(fp32, v) for k, v in burst.items()}
+    assert checks[a]["int8_faster"] and choose([a, b], results, burst, checks, 0.5, 0.1)[0] == a
 
 
 def _conv_model(widths: list[int]) -> onnx.ModelProto:
