@@ -15,36 +15,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections import Counter
 from pathlib import Path
 
 import compressor
+from compressor.errors import GateFailed
 from compressor.passes.quantize import Quantize
-from compressor.quant.selection import choose, speed_check
-from compressor.quant.space import config_space
+from compressor.quant.selection import choose, deployment, round_ratios, speed_check, trimmed
+from compressor.quant.space import QuantConfig, config_space
 from compressor.runtime.latency import Latency, measure_isolated
 
 
-def unpaired_choice(pool, results, lat, fp32, budget=0.5, tolerance=0.1):
-    """The rule before 2026-12-04: INT8 faster when its slowest round beat FP32's fastest (throughput and batch 1);
-    walking down from the most accurate, a candidate replaced the choice when its slowest throughput round beat
-    the choice's fastest and it was not slower at batch 1 beyond that spread. Returns (choice, int8 faster)."""
-    lo, hi = min, max
+def unpaired_choice(pool: list[QuantConfig], results: dict[QuantConfig, float], lat: dict[QuantConfig, Latency],
+                    fp32: Latency, budget: float, tolerance: float, floor: float | None,
+                    min_speedup: float) -> tuple[QuantConfig, bool]:
+    """The rule before 2026-12-04: INT8 faster when its slowest round reached ``min_speedup`` over FP32's fastest
+    (throughput and batch 1); walking down from the most accurate, a candidate replaced the choice when its slowest
+    throughput round beat the choice's fastest and it was not slower at batch 1 beyond that spread. Returns the
+    choice and whether it counted as faster than FP32."""
 
-    def faster(a, b):
-        return lo(a.throughput_rounds) > hi(b.throughput_rounds)
-
-    def int8_faster(c):  # ratios of the extremes at or above 1, as the old verdict had it
-        return lo(lat[c].throughput_rounds) >= hi(fp32.throughput_rounds) and hi(lat[c].batch1_rounds) <= lo(
-            fp32.batch1_rounds)
+    def int8_faster(c: QuantConfig) -> bool:
+        t, b = lat[c].throughput_rounds, lat[c].batch1_rounds
+        return min(t) / max(fp32.throughput_rounds) >= min_speedup and min(fp32.batch1_rounds) / max(b) >= min_speedup
 
     best = max(results.values())
-    fast = [c for c in pool if int8_faster(c) and results[c] >= best - max(budget, tolerance)]
+    lowest = best - max(budget, tolerance) if floor is None else max(best - max(budget, tolerance), floor)
+    fast = [c for c in pool if int8_faster(c) and results[c] >= lowest]
     ranked = sorted(fast or pool, key=lambda c: (-results[c], c))
     walk = ranked if fast else [c for c in ranked if results[c] == results[ranked[0]]]
     pick = walk[0]
     for c in walk[1:]:
-        if faster(lat[c], lat[pick]) and not lo(lat[c].batch1_rounds) > hi(lat[pick].batch1_rounds):
+        if min(lat[c].throughput_rounds) > max(lat[pick].throughput_rounds) and not (
+                min(lat[c].batch1_rounds) > max(lat[pick].batch1_rounds)):
             pick = c
     return pick, int8_faster(pick)
 
@@ -59,7 +62,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Latency]] = []
 
-    def timed_repeatedly(models, images, batch, threads, progress=False, **kw):
+    def timed_repeatedly(models, images, batch, threads, progress=False, **kw):  # noqa: ANN001, ANN202
         for i in range(args.repeats):
             runs.append(measure_isolated(models, images, batch, threads, **kw))
             print(f"repetition {i + 1}/{args.repeats}: " + ", ".join(
@@ -67,24 +70,42 @@ def main() -> None:
         return runs[0]
 
     Quantize.measure_latency = staticmethod(timed_repeatedly)
-    report = compressor.compress(args.recipe, str(out / "run"), force=True)
-    q = next(s.details for s in report.stages if s.details and s.details.get("latency_candidates"))
+    try:
+        compressor.compress(args.recipe, str(out / "run"), force=True)
+    except GateFailed:  # the recipe's budget gate; the report is written all the same
+        pass
+    report = json.loads((out / "run" / "report.json").read_text())
+    q = next(s["details"] for s in report["stages"] if (s.get("details") or {}).get("latency_candidates"))
+    cfg = q["config"]
+    floor = None if cfg["max_accuracy_drop"] is None else q["fp32_val_top1"] - cfg["max_accuracy_drop"]
     by_key = {c.key(): c for c in config_space(q["target"])}
     results = {by_key[k]: v["val_top1"] for k, v in q["latency_candidates"].items()}
     pool = list(results)
-    tally: dict[str, Counter] = {"paired (the pass)": Counter(), "unpaired (before 2026-12-04)": Counter()}
+    rules = ("paired (the pass)", "unpaired (before 2026-12-04)")
+    tally: dict[str, Counter] = {r: Counter() for r in rules}
     rows = []
     for run in runs:
         fp32 = run["fp32"]
         lat = {by_key[k.split(":", 1)[1]]: v for k, v in run.items() if k != "fp32"}
-        checks = {c: speed_check(fp32, lat[c]) for c in pool}
-        new = choose(pool, results, lat, checks, 0.5, 0.1)[0]
-        old, old_fast = unpaired_choice(pool, results, lat, fp32)
-        picks = {"paired (the pass)": (new.key(), "int8" if checks[new]["int8_faster"] else "fp32"),
-                 "unpaired (before 2026-12-04)": (old.key(), "int8" if old_fast else "fp32")}
+        checks = {c: speed_check(fp32, lat[c], cfg["min_speedup"]) for c in pool}
+        new = choose(pool, results, lat, checks, cfg["speed_accuracy_budget"], cfg["accuracy_tolerance"], floor,
+                     cfg["min_speed_gain"])[0]
+        old, old_fast = unpaired_choice(pool, results, lat, fp32, cfg["speed_accuracy_budget"],
+                                        cfg["accuracy_tolerance"], floor, cfg["min_speedup"])
+        fallback = cfg["fallback_to_fp32_if_slower"]
+        picks = {rules[0]: (new.key(), deployment(checks[new]["int8_faster"], fallback)),
+                 rules[1]: (old.key(), deployment(old_fast, fallback))}
         for rule, p in picks.items():
             tally[rule][p] += 1
-        rows.append({"picks": picks, "throughput": {k: v.throughput for k, v in run.items()}})
+        # Each candidate's paired throughput ratio to the pass's choice: trimmed low, median, trimmed high.
+        spread = {}
+        for c in pool:
+            t = round_ratios(lat[c], lat[new])[0]
+            spread[c.key()] = [round(trimmed(t)[0], 3), round(statistics.median(t), 3), round(trimmed(t)[1], 3)]
+        rows.append({"picks": picks, "throughput": {k: v.throughput for k, v in run.items()},
+                     "ratio_to_choice": spread})
+        print(f"{rules[0]}: {new.key()}; {rules[1]}: {old.key()}; ratio to the choice (trimmed low, median, high): "
+              + ", ".join(f"{k} {v}" for k, v in spread.items() if k != new.key()))
     summary = {"candidates": {c.key(): v for c, v in results.items()},
                "tally": {rule: [[*k, n] for k, n in t.most_common()] for rule, t in tally.items()}, "repetitions": rows}
     (out / "selection_stability.json").write_text(json.dumps(summary, indent=1))

@@ -20,9 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _fake_latency(int8_faster: bool):
     def measure(models, images, batch, threads, progress=False):
-        fp32 = Latency(0.5, 3000.0, batch, (2900.0, 3100.0), (0.48, 0.52))
-        int8 = (Latency(0.25, 6000.0, batch, (5900.0, 6100.0), (0.24, 0.26)) if int8_faster
-                else Latency(1.0, 1500.0, batch, (1400.0, 1600.0), (0.95, 1.05)))
+        fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
+                       batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
+        int8 = (Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),
+                        batch1_rounds=(0.24, 0.25, 0.26, 0.245, 0.255)) if int8_faster
+                else Latency(1.0, 1500.0, batch, throughput_rounds=(1400, 1500, 1600, 1450, 1550),
+                             batch1_rounds=(0.95, 1, 1.05, 0.975, 1.025)))
         return {k: fp32 if k == "fp32" else int8 for k in models}
     return measure
 

@@ -77,7 +77,10 @@ SHARED = {"images": (np.arange(4 * 40000) % 251).astype(np.uint8).reshape(4, 400
 # -------------------------------------------------------------------------------------------- fixtures
 
 def _fake_latency(models, images, batch, threads, progress=False):
-    fp32, int8 = Latency(0.5, 3000.0, batch, (2900.0, 3100.0)), Latency(0.25, 6000.0, batch, (5900.0, 6100.0))
+    fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
+                   batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
+    int8 = Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),
+                   batch1_rounds=(0.24, 0.25, 0.26, 0.245, 0.255))
     return {k: fp32 if k == "fp32" else int8 for k in models}
 
 

@@ -112,8 +112,11 @@ def test_quantize_pass_for_openvino_times_in_openvino(small_splits, teacher, tmp
 
     def fast_int8(models, images, batch, threads, progress, backend="onnxruntime-cpu", precision="f32"):
         seen.update(backend=backend, precision=precision)
-        return {k: Latency(0.5, 3000.0, batch, (2900.0, 3100.0), (0.48, 0.52)) if k == "fp32"
-                else Latency(0.25, 6000.0, batch, (5900.0, 6100.0), (0.24, 0.26)) for k in models}
+        fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
+                       batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
+        int8 = Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),
+                       batch1_rounds=(0.24, 0.25, 0.26, 0.245, 0.255))
+        return {k: fp32 if k == "fp32" else int8 for k in models}
 
     monkeypatch.setattr(Quantize, "measure_latency", staticmethod(fast_int8))
     scored = []
@@ -210,8 +213,11 @@ def test_a_model_openvino_cannot_read_is_one_line_with_its_cause(tmp_path):
 
 def test_pipeline_times_each_target_and_exports_checked_int8_ir(tmp_path, monkeypatch):
     def fast_int8(models, images, batch, threads, progress, backend="onnxruntime-cpu", precision="f32"):
-        return {k: Latency(0.5, 3000.0, batch, (2900.0, 3100.0), (0.48, 0.52)) if k == "fp32"
-                else Latency(0.25, 6000.0, batch, (5900.0, 6100.0), (0.24, 0.26)) for k in models}
+        fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
+                       batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
+        int8 = Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),
+                       batch1_rounds=(0.24, 0.25, 0.26, 0.245, 0.255))
+        return {k: fp32 if k == "fp32" else int8 for k in models}
 
     monkeypatch.setattr(Quantize, "measure_latency", staticmethod(fast_int8))
     recipe = {

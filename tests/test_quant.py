@@ -539,15 +539,24 @@ def test_choose_lets_timing_decide_only_beyond_noise_and_for_a_real_gain():
         return choose([a, b, c], results, lat, checks, **{"speed_accuracy_budget": 0.5, "tolerance": 0.1, **kw})
 
     # a and b tie on accuracy; b is 12 % faster in every round, less than the 20 % gain that replaces a choice (the
-    # demo's two fused candidates were this close, and a noisy host picked either): the fixed order keeps a.
+    # demo's two fastest candidates were about this close, and a noisy host picked either): the fixed order keeps a.
     best, rule = pick({a: _lat(0.25, 6000.0), b: _lat(0.23, 6720.0), c: _lat(0.25, 6000.0)})
-    assert best == a and "fixed order" in rule and "no other reached x1.2" in rule
-    assert pick({a: _lat(0.25, 6000.0), b: _lat(0.23, 6720.0), c: _lat(0.25, 6000.0)}, min_gain=0.1)[0] == b
+    assert best == a and "fixed order" in rule and "no other ran at more than x1.2 its throughput" in rule
+    assert pick({a: _lat(0.25, 6000.0), b: _lat(0.23, 6720.0), c: _lat(0.25, 6000.0)}, min_speed_gain=0.1)[0] == b
     # b is 40 % faster: speed decides the tie, also with a burst of load in one of b's rounds, and with load that
     # slows both in the same rounds.
     for load_a, load_b in [((1.0,) * 5, (1.0, 1.0, 0.5, 1.0, 1.0)), (BURSTS, BURSTS)]:
         best, rule = pick({a: _lat(0.25, 6000.0, load_a), b: _lat(0.2, 8400.0, load_b), c: _lat(0.25, 6000.0)})
-        assert best == b and "x1.2 the throughput" in rule
+        assert best == b and f"more than x1.2 the throughput of {a.key()}" in rule
+    # Exactly 1.2x, or equal speed with no gain asked, does not replace the more accurate one.
+    assert pick({a: _lat(0.25, 6000.0), b: _lat(0.2, 7200.0), c: _lat(0.25, 6000.0)})[0] == a
+    assert pick({a: _lat(0.25, 6000.0), b: _lat(0.25, 6000.0), c: _lat(0.25, 6000.0)}, min_speed_gain=0)[0] == a
+    # Rounds that cannot be paired (another count, or none kept) decide nothing; with 3 rounds all must agree.
+    three = Latency(0.2, 8400.0, 64, (8400.0, 8400.0, 5000.0), (0.2, 0.2, 0.2))
+    for other in (three, Latency(0.2, 8400.0, 64)):
+        assert pick({a: _lat(0.25, 6000.0), b: other, c: _lat(0.25, 6000.0)})[0] == a
+    a3 = Latency(0.25, 6000.0, 64, (6000.0,) * 3, (0.25,) * 3)
+    assert pick({a: a3, b: dataclasses.replace(three, throughput_rounds=(8400.0,) * 3), c: a3})[0] == b
     # Only c is faster than FP32 beyond noise, and it is within the accuracy budget: c is written.
     best, rule = pick({a: _lat(0.5, 3100.0, (1.2, 0.8, 1.0, 0.9, 1.1)), b: _lat(0.5, 2900.0), c: _lat(0.25, 6000.0)})
     assert best == c and rule.startswith("the fastest candidate measured faster than FP32")
@@ -579,10 +588,10 @@ def test_selection_stability_benchmark_keeps_the_old_rule_for_comparison():
     a, b = space[0], space[1]
     results, fp32 = {a: 90.0, b: 89.9}, _lat(0.5, 3000.0)
     close = {a: _lat(0.25, 6000.0), b: _lat(0.23, 6720.0)}
-    assert bench.unpaired_choice([a, b], results, close, fp32) == (b, True)
+    assert bench.unpaired_choice([a, b], results, close, fp32, 0.5, 0.1, None, 1.0) == (b, True)
     assert choose([a, b], results, close, {k: speed_check(fp32, v) for k, v in close.items()}, 0.5, 0.1)[0] == a
     burst = {a: _lat(0.25, 6000.0, (1.0, 1.0, 0.45, 1.0, 1.0)), b: _lat(0.23, 6720.0)}
-    assert bench.unpaired_choice([a, b], results, burst, fp32) == (b, True)  # a not faster than FP32: b alone is
+    assert bench.unpaired_choice([a, b], results, burst, fp32, 0.5, 0.1, None, 1.0) == (b, True)  # a not faster than FP32: b alone is
     checks = {k: speed_check(fp32, v) for k, v in burst.items()}
     assert checks[a]["int8_faster"] and choose([a, b], results, burst, checks, 0.5, 0.1)[0] == a
 

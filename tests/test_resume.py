@@ -2,7 +2,7 @@
 
 A small recipe on a subset of the demo data (fold_bn, then a two-evaluation INT8 search; no bench) keeps each
 run to seconds. Latencies are injected (timing is not what these tests test), through a stand-in that returns
-clearly separated per-round spreads so the quantize pass's timing decisions are the same in every run.
+clearly separated per-round figures so the quantize pass's timing decisions are the same in every run.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from .conftest import DEMO_TEACHER, ROOT
 FAKE_LATENCY = '''
 def fake_latency(models, images, batch, threads, progress=False):
     from compressor.runtime.latency import Latency
-    fp32 = Latency(0.5, 3000.0, batch, (2900.0, 3100.0), (0.48, 0.52))
-    int8 = Latency(0.25, 6000.0, batch, (5900.0, 6100.0), (0.24, 0.26))
+    fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
+                   batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
+    int8 = Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),
+                   batch1_rounds=(0.24, 0.25, 0.26, 0.245, 0.255))
     return {k: fp32 if k == "fp32" else int8 for k in models}
 '''
 namespace: dict = {}

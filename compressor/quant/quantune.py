@@ -66,9 +66,9 @@ class QuantizeConfig:
     best validation top-1 (plus, on ort-cpu, the best fully fusable one) are timed against FP32.
     speed_accuracy_budget: points of validation top-1 the pass may give up for speed: of the timed candidates
     faster than FP32 within that many points of the best (and meeting max_accuracy_drop when set), the fastest
-    beyond noise is written, else the most accurate (:func:`compressor.quant.selection.choose`).
+    by ``min_speed_gain`` is written, else the most accurate (:func:`compressor.quant.selection.choose`).
     min_speed_gain: a less accurate candidate (or a later one of equal accuracy) replaces the choice only when its
-    batch throughput is at least ``1 + min_speed_gain`` times the choice's beyond noise; smaller gains move from
+    batch throughput is more than ``1 + min_speed_gain`` times the choice's beyond noise; smaller gains move from
     run to run on a shared host and would make the written model depend on the run.
     fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on the target's CPU runtime
     (ort-cpu, openvino-cpu). "Faster" means beyond the measured noise (all paired timing rounds but the most
@@ -168,7 +168,7 @@ class Quantune:
         lat = {cfg: timed[f"int8:{cfg.key()}"] for cfg in pool}
         checks = {cfg: speed_check(timed["fp32"], lat[cfg], c.min_speedup) for cfg in pool}
         best, choice_rule = choose(pool, scores, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance,
-                                   floor=target_acc, min_gain=c.min_speed_gain)
+                                   floor=target_acc, min_speed_gain=c.min_speed_gain)
         qdq, speed = models[f"int8:{best.key()}"], checks[best]
         with atomic_path(ctx.out_dir / "quantized_int8.onnx") as tmp:
             onnx.save(qdq, tmp)
@@ -196,7 +196,7 @@ class Quantune:
             "deploy": deploy,
         }
         if not speed["int8_faster"]:
-            why = "within the measured noise" if speed["speed_verdict"] == "within noise" else "measured in every round"
+            why = "within the measured noise" if speed["speed_verdict"] == "within noise" else "measured beyond noise"
             record["speed_note"] = (
                 f"INT8 is not faster than FP32 on {runtime} here ({why}; median throughput x{speed['throughput_speedup']}, "
                 f"batch-1 x{speed['batch1_speedup']}); deploying {deploy.upper()}"

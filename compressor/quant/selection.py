@@ -4,9 +4,9 @@ Decisions rest on seeded, deterministic quantities (validation top-1, the space'
 latency decides only where it differs beyond its own noise. The timed models alternate round by round, so round i
 of one model ran beside round i of the other: each comparison is a set of per-round ratios, which cancels drift
 that slows every model alike. A ratio counts when every round but the most extreme quarter at each end shows it
-(4 of 5 rounds on both sides of the threshold), so one burst of host load during one round cannot decide. Where
-the rounds disagree a fixed rule decides, so timing jitter never picks the artifact; each decision records which
-rule made it.
+(with 5 rounds: 4 at or above a threshold for "faster", 4 below it for "not faster"), so one burst of host load
+during one round cannot decide. Where the rounds disagree a fixed rule decides, so timing jitter never picks the
+artifact; each decision records which rule made it.
 """
 
 from __future__ import annotations
@@ -22,18 +22,24 @@ def round_ratios(fast: Latency, slow: Latency) -> tuple[list[float], list[float]
     """Per round, how many times faster ``fast`` ran than ``slow``: in batch throughput and at batch 1. None when
     either kept no rounds or they were not timed in the same rounds."""
     rounds = (fast.throughput_rounds, slow.throughput_rounds, fast.batch1_rounds, slow.batch1_rounds)
-    if None in rounds or len({len(r) for r in rounds}) != 1:
+    if None in rounds or len({len(r) for r in rounds}) != 1 or not rounds[0]:
         return None
     throughput = [f / s for f, s in zip(fast.throughput_rounds, slow.throughput_rounds)]
     batch1 = [s / f for f, s in zip(fast.batch1_rounds, slow.batch1_rounds)]
     return throughput, batch1
 
 
+def trimmed(ratios: list[float]) -> tuple[float, float]:
+    """The lowest and highest per-round ratio once the most extreme quarter of rounds at each end is set aside."""
+    r, k = sorted(ratios), len(ratios) // 4
+    return r[k], r[-1 - k]
+
+
 def _verdict(ratios: list[float], need: float) -> str:
     """``faster`` when all rounds but the most extreme quarter reach ``need``, ``not faster`` when all but the
     most extreme quarter miss it, else ``within noise``."""
-    r, k = sorted(ratios), len(ratios) // 4
-    return FASTER if r[k] >= need else NOT_FASTER if r[-1 - k] < need else WITHIN_NOISE
+    low, high = trimmed(ratios)
+    return FASTER if low >= need else NOT_FASTER if high < need else WITHIN_NOISE
 
 
 def speedup_verdict(fp32: Latency, int8: Latency, min_speedup: float = 1.0) -> str:
@@ -91,16 +97,16 @@ def latency_pool(results: dict[QuantConfig, float], target: str, tolerance: floa
 
 def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: dict[QuantConfig, Latency],
            checks: dict[QuantConfig, dict], speed_accuracy_budget: float, tolerance: float,
-           floor: float | None = None, min_gain: float = 0.2) -> tuple[QuantConfig, str]:
-    """Of the timed candidates ``pool``, the fastest one measured faster than FP32 beyond noise within
-    ``speed_accuracy_budget`` points of the best validation top-1 and at or above ``floor`` (an accuracy goal),
-    else the most accurate candidate: users buy speed at a bounded accuracy loss.
+           floor: float | None = None, min_speed_gain: float = 0.2) -> tuple[QuantConfig, str]:
+    """Of the timed candidates ``pool``, the fastest by a real margin among those measured faster than FP32 beyond
+    noise within ``speed_accuracy_budget`` points of the best validation top-1 and at or above ``floor`` (an
+    accuracy goal), else the most accurate candidate: users buy speed at a bounded accuracy loss.
 
     Timing decides only beyond noise and only for a real gain. Candidates are walked from the most accurate down
-    (ties in the space's fixed order); one replaces the current choice only when its batch throughput is at least
-    ``1 + min_gain`` times the current one's beyond noise (:func:`round_ratios`) and it is not slower at batch 1
-    beyond noise. A gain smaller than that is within what a shared host moves from one run to the next, and an
-    artifact chosen on it would differ between runs of the same recipe. Without a replacement the most accurate
+    (ties in the space's fixed order); one replaces the current choice only when its batch throughput is more than
+    ``1 + min_speed_gain`` times the current one's beyond noise (:func:`trimmed` per-round ratios) and it is not
+    slower at batch 1 beyond noise. A smaller gain is within what a shared host moves from one run to the next, and
+    an artifact chosen on it would differ between runs of the same recipe. Without a replacement the most accurate
     one stands, whatever the medians say. Returns the choice and the rule that made it."""
     best_acc = max(results.values())
     budget = max(speed_accuracy_budget, tolerance)
@@ -109,27 +115,29 @@ def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: 
     ranked = sorted(fast or pool, key=lambda c: (-results[c], c))
     # Without a fast candidate speed may still break a tie in accuracy, never trade accuracy away.
     walk = ranked if fast else [c for c in ranked if results[c] == results[ranked[0]]]
-    pick, refused = walk[0], False
+    pick, beaten, refused = walk[0], None, False
     for c in walk[1:]:
         ratios = round_ratios(latency[c], latency[pick])
-        if ratios is None or _verdict(ratios[0], 1 + min_gain) != FASTER:
+        # Strictly more than the gain: with no gain asked, equal speed must not replace the more accurate one.
+        if ratios is None or not trimmed(ratios[0])[0] > 1 + min_speed_gain:
             continue
         if _verdict(ratios[1], 1.0) == NOT_FASTER:
             refused = True
         else:
-            pick = c
+            pick, beaten = c, pick
     if fast:
         basis = (f"the fastest candidate measured faster than FP32 beyond noise within {budget:g} pt of the best "
                  "validation top-1" + ("" if floor is None else " and above the accuracy goal"))
     else:
         basis = "the most accurate candidate (none measured faster than FP32 beyond noise)"
-    gain = f"x{1 + min_gain:g} the throughput {BEYOND_NOISE}"
-    if pick != walk[0]:
-        return pick, (f"{basis}: {gain} of {walk[0].key()} "
-                      f"({results[walk[0]]:g} against {results[pick]:g} validation top-1)")
+    gain = f"more than x{1 + min_speed_gain:g} the throughput"
+    if beaten is not None:
+        return pick, (f"{basis}: {gain} of {beaten.key()} {BEYOND_NOISE} (the most accurate, {walk[0].key()}, "
+                      f"scored {results[walk[0]]:g} against {results[pick]:g} validation top-1)")
     if len(walk) == 1:
         return pick, basis
-    why = ("a faster one was slower at batch 1 beyond noise" if refused else f"no other reached {gain} of it")
+    why = ("a faster one was slower at batch 1 beyond noise" if refused else
+           f"no other ran at more than x{1 + min_speed_gain:g} its throughput {BEYOND_NOISE}")
     tied = sum(results[c] == results[pick] for c in walk)
     order = f", the first of {tied} equally accurate in the space's fixed order" if tied > 1 else ""
     return pick, f"{basis}: the most accurate{order}; {why}"
