@@ -102,8 +102,7 @@ def main() -> None:
         for c in pool:
             t = round_ratios(lat[c], lat[new])[0]
             spread[c.key()] = [round(trimmed(t)[0], 3), round(statistics.median(t), 3), round(trimmed(t)[1], 3)]
-        rows.append({"picks": picks, "throughput": {k: v.throughput for k, v in run.items()},
-                     "ratio_to_choice": spread})
+        rows.append({"picks": picks, "ratio_to_choice": spread, "timings": {k: v.as_dict() for k, v in run.items()}})
         print(f"{rules[0]}: {new.key()}; {rules[1]}: {old.key()}; ratio to the choice (trimmed low, median, high): "
               + ", ".join(f"{k} {v}" for k, v in spread.items() if k != new.key()))
     summary = {"candidates": {c.key(): v for c, v in results.items()},

@@ -98,7 +98,7 @@ class QuantizeConfig:
     accuracy_tolerance: float = param(0.1, ge=0)
     latency_candidates: int = param(3, ge=1)
     speed_accuracy_budget: float = param(0.5, ge=0)
-    min_speed_gain: float = param(0.2, ge=0)
+    min_speed_gain: float = param(0.5, ge=0)
     min_speedup: float = param(1.0, gt=0)
     latency_batch: int = param(64, ge=1)
     threads: int = param(2, ge=1)

@@ -97,7 +97,7 @@ def latency_pool(results: dict[QuantConfig, float], target: str, tolerance: floa
 
 def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: dict[QuantConfig, Latency],
            checks: dict[QuantConfig, dict], speed_accuracy_budget: float, tolerance: float,
-           floor: float | None = None, min_speed_gain: float = 0.2) -> tuple[QuantConfig, str]:
+           floor: float | None = None, min_speed_gain: float = 0.5) -> tuple[QuantConfig, str]:
     """Of the timed candidates ``pool``, the fastest by a real margin among those measured faster than FP32 beyond
     noise within ``speed_accuracy_budget`` points of the best validation top-1 and at or above ``floor`` (an
     accuracy goal), else the most accurate candidate: users buy speed at a bounded accuracy loss.
