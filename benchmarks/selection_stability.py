@@ -22,7 +22,7 @@ from pathlib import Path
 import compressor
 from compressor.errors import GateFailed
 from compressor.passes.quantize import Quantize
-from compressor.quant.selection import choose, deployment, round_ratios, speed_check, trimmed
+from compressor.quant.selection import choose, deployment, round_ratios, speed_check, trimmed, walk_order
 from compressor.quant.space import QuantConfig, config_space
 from compressor.runtime.latency import Latency, measure_isolated
 
@@ -39,11 +39,7 @@ def unpaired_choice(pool: list[QuantConfig], results: dict[QuantConfig, float], 
         t, b = lat[c].throughput_rounds, lat[c].batch1_rounds
         return min(t) / max(fp32.throughput_rounds) >= min_speedup and min(fp32.batch1_rounds) / max(b) >= min_speedup
 
-    best = max(results.values())
-    lowest = best - max(budget, tolerance) if floor is None else max(best - max(budget, tolerance), floor)
-    fast = [c for c in pool if int8_faster(c) and results[c] >= lowest]
-    ranked = sorted(fast or pool, key=lambda c: (-results[c], c))
-    walk = ranked if fast else [c for c in ranked if results[c] == results[ranked[0]]]
+    walk = walk_order(pool, results, [c for c in pool if int8_faster(c)], budget, tolerance, floor)[0]
     pick = walk[0]
     for c in walk[1:]:
         if min(lat[c].throughput_rounds) > max(lat[pick].throughput_rounds) and not (

@@ -95,6 +95,21 @@ def latency_pool(results: dict[QuantConfig, float], target: str, tolerance: floa
     return pool
 
 
+def walk_order(pool: list[QuantConfig], results: dict[QuantConfig, float], faster_than_fp32: list[QuantConfig],
+               speed_accuracy_budget: float, tolerance: float,
+               floor: float | None = None) -> tuple[list[QuantConfig], bool]:
+    """The candidates :func:`choose` considers, in the order it walks them: those faster than FP32 within the
+    accuracy budget and at or above ``floor``, most accurate first (ties in the space's fixed order); without any,
+    only those tied for the best accuracy, since speed may break a tie but never trade accuracy away. Also returns
+    whether the walk is of candidates faster than FP32."""
+    best = max(results.values())
+    budget = max(speed_accuracy_budget, tolerance)
+    lowest = best - budget if floor is None else max(best - budget, floor)
+    fast = [c for c in faster_than_fp32 if results[c] >= lowest]
+    ranked = sorted(fast or pool, key=lambda c: (-results[c], c))
+    return (ranked if fast else [c for c in ranked if results[c] == results[ranked[0]]]), bool(fast)
+
+
 def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: dict[QuantConfig, Latency],
            checks: dict[QuantConfig, dict], speed_accuracy_budget: float, tolerance: float,
            floor: float | None = None, min_speed_gain: float = 0.5) -> tuple[QuantConfig, str]:
@@ -108,13 +123,9 @@ def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: 
     slower at batch 1 beyond noise. A smaller gain is within what a shared host moves from one run to the next, and
     an artifact chosen on it would differ between runs of the same recipe. Without a replacement the most accurate
     one stands, whatever the medians say. Returns the choice and the rule that made it."""
-    best_acc = max(results.values())
+    walk, fast = walk_order(pool, results, [c for c in pool if checks[c]["int8_faster"]], speed_accuracy_budget,
+                            tolerance, floor)
     budget = max(speed_accuracy_budget, tolerance)
-    lowest = best_acc - budget if floor is None else max(best_acc - budget, floor)
-    fast = [c for c in pool if checks[c]["int8_faster"] and results[c] >= lowest]
-    ranked = sorted(fast or pool, key=lambda c: (-results[c], c))
-    # Without a fast candidate speed may still break a tie in accuracy, never trade accuracy away.
-    walk = ranked if fast else [c for c in ranked if results[c] == results[ranked[0]]]
     pick, beaten, refused = walk[0], None, False
     for c in walk[1:]:
         ratios = round_ratios(latency[c], latency[pick])

@@ -259,13 +259,13 @@ class XGBoostTuner:
         draws its XGBoost seed from ``rng``, so a search's stream stays reproducible."""
         import xgboost as xgb
 
-        own_x = [features(c, self.descriptors) for c in measured]
+        own_x = feature_matrix([features(c, self.descriptors) for c in measured])
         own_y = [v - self.fp32 for v in measured.values()]
-        cand = np.asarray([features(c, self.descriptors) for c in configs])
+        cand = feature_matrix([features(c, self.descriptors) for c in configs])
         if self.transfer == "pooled":
             if len(self.db) + len(own_y) < 2:
                 return None
-            x = np.concatenate([self._db_x, feature_matrix(own_x)])
+            x = np.concatenate([self._db_x, own_x])
             y = np.concatenate([self._db_y, own_y])
             return self._fit(XGB_PARAMS, x, y, None, rng).predict(xgb.DMatrix(cand))
         discount = 2.0 ** (-len(own_y) / PRIOR_HALF_LIFE) if self.db else 0.0
@@ -280,7 +280,6 @@ class XGBoostTuner:
         # The online regressor fits what the margin leaves: the faded prior's prediction, or without a prior the
         # mean measured (set explicitly, so the intercept does not depend on XGBoost's own estimate).
         margin_of = prior or (lambda x: np.full(len(x), float(np.mean(own_y))))
-        own_x = np.asarray(own_x)
         booster = self._fit(XGB_PARAMS, own_x, np.asarray(own_y), margin_of(own_x), rng)
         test = xgb.DMatrix(cand)
         test.set_base_margin(margin_of(cand))
