@@ -2,11 +2,13 @@
 
 Runs a recipe once with the quantize pass's timing call repeated: the same ``measure_isolated`` call on the same
 timed models (FP32 and the INT8 candidates), ``--repeats`` times. Each repetition is then judged as the pass
-judges it (:func:`compressor.quant.selection.choose`), and, for comparison, by the rule used before 2026-12-04
-(each model's slowest round against the other's fastest, unpaired; a candidate replaces the choice when faster at
-all). A stable rule picks the same candidate, and the same deployment, in every repetition. The first repetition
-is what the run itself uses. Not a timing figure: run it alone on the machine all the same, since the noise is
-what it measures.
+judges it (:func:`compressor.quant.selection.choose`, a close pair timed again with the recipe's
+``confirm_rounds``, each repetition with its own second timing), and, for comparison, by the two rules before it:
+the paired rule deciding on the first rounds alone at x1.5 (2026-12-04), and each model's slowest round against
+the other's fastest, unpaired, where a candidate replaced the choice when faster at all (before 2026-12-04). A
+stable rule picks the same candidate, and the same deployment, in every repetition. The first repetition is what
+the run itself uses. Not a timing figure: run it alone on the machine all the same, since the noise is what it
+measures.
 
     python benchmarks/selection_stability.py --recipe recipes/demo.yaml --repeats 12 --out out/selection
 """
@@ -57,8 +59,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Latency]] = []
+    timed: dict = {}  # the models and settings of the pass's first timing, for each repetition's second timings
 
     def timed_repeatedly(models, images, batch, threads, progress=False, **kw):  # noqa: ANN001, ANN202
+        if "fp32" not in models:  # the pass's own second timing of a close pair, in the run itself
+            return measure_isolated(models, images, batch, threads, **kw)
+        timed.update(models=models, images=images, batch=batch, threads=threads, kw=kw)
         for i in range(args.repeats):
             runs.append(measure_isolated(models, images, batch, threads, **kw))
             print(f"repetition {i + 1}/{args.repeats}: " + ", ".join(
@@ -77,20 +83,35 @@ def main() -> None:
     by_key = {c.key(): c for c in config_space(q["target"])}
     results = {by_key[k]: v["val_top1"] for k, v in q["latency_candidates"].items()}
     pool = list(results)
-    rules = ("paired (the pass)", "unpaired (before 2026-12-04)")
+    rules = ("paired, close pairs timed again (the pass)", "paired, first rounds at x1.5 (2026-12-04)",
+             "unpaired (before 2026-12-04)")
     tally: dict[str, Counter] = {r: Counter() for r in rules}
     rows = []
     for run in runs:
         fp32 = run["fp32"]
         lat = {by_key[k.split(":", 1)[1]]: v for k, v in run.items() if k != "fp32"}
         checks = {c: speed_check(fp32, lat[c], cfg["min_speedup"]) for c in pool}
-        new = choose(pool, results, lat, checks, cfg["speed_accuracy_budget"], cfg["accuracy_tolerance"], floor,
-                     cfg["min_speed_gain"])[0]
-        old, old_fast = unpaired_choice(pool, results, lat, fp32, cfg["speed_accuracy_budget"],
-                                        cfg["accuracy_tolerance"], floor, cfg["min_speedup"])
+        confirmations = []
+
+        def retime(candidate: QuantConfig, current: QuantConfig, log: list = confirmations) -> tuple[Latency, Latency]:
+            keys = [f"int8:{candidate.key()}", f"int8:{current.key()}"]
+            again = measure_isolated({k: timed["models"][k] for k in keys}, timed["images"], timed["batch"],
+                                     timed["threads"], **{**timed["kw"], "rounds": cfg["confirm_rounds"]})
+            ratios = round_ratios(again[keys[0]], again[keys[1]])[0]
+            log.append({"candidate": candidate.key(), "against": current.key(),
+                        "throughput_ratio": [round(trimmed(ratios)[0], 3), round(statistics.median(ratios), 3),
+                                             round(trimmed(ratios)[1], 3)]})
+            return again[keys[0]], again[keys[1]]
+
+        judge = (cfg["speed_accuracy_budget"], cfg["accuracy_tolerance"], floor)
+        new = choose(pool, results, lat, checks, *judge, cfg["min_speed_gain"],
+                     retime if cfg["confirm_rounds"] else None)[0]
+        first = choose(pool, results, lat, checks, *judge, 0.5)[0]
+        old, old_fast = unpaired_choice(pool, results, lat, fp32, *judge, cfg["min_speedup"])
         fallback = cfg["fallback_to_fp32_if_slower"]
         picks = {rules[0]: (new.key(), deployment(checks[new]["int8_faster"], fallback)),
-                 rules[1]: (old.key(), deployment(old_fast, fallback))}
+                 rules[1]: (first.key(), deployment(checks[first]["int8_faster"], fallback)),
+                 rules[2]: (old.key(), deployment(old_fast, fallback))}
         for rule, p in picks.items():
             tally[rule][p] += 1
         # Each candidate's paired throughput ratio to the pass's choice: trimmed low, median, trimmed high.
@@ -98,9 +119,12 @@ def main() -> None:
         for c in pool:
             t = round_ratios(lat[c], lat[new])[0]
             spread[c.key()] = [round(trimmed(t)[0], 3), round(statistics.median(t), 3), round(trimmed(t)[1], 3)]
-        rows.append({"picks": picks, "ratio_to_choice": spread, "timings": {k: v.as_dict() for k, v in run.items()}})
-        print(f"{rules[0]}: {new.key()}; {rules[1]}: {old.key()}; ratio to the choice (trimmed low, median, high): "
-              + ", ".join(f"{k} {v}" for k, v in spread.items() if k != new.key()))
+        rows.append({"picks": picks, "ratio_to_choice": spread, "confirmations": confirmations,
+                     "timings": {k: v.as_dict() for k, v in run.items()}})
+        print("; ".join(f"{rule}: {p[0]}" for rule, p in picks.items()) + "; ratio to the choice (trimmed low, "
+              "median, high): " + ", ".join(f"{k} {v}" for k, v in spread.items() if k != new.key())
+              + "".join(f"; timed again: {x['candidate']} / {x['against']} {x['throughput_ratio']}"
+                        for x in confirmations), flush=True)
     summary = {"candidates": {c.key(): v for c, v in results.items()},
                "tally": {rule: [[*k, n] for k, n in t.most_common()] for rule, t in tally.items()}, "repetitions": rows}
     (out / "selection_stability.json").write_text(json.dumps(summary, indent=1))

@@ -25,8 +25,8 @@ from compressor.quant.adaround import AdaRoundSettings
 from compressor.quant.fallback import Fallback, accuracy_fallback, module_name
 from compressor.quant.problem import QuantProblem, top1_onnx
 from compressor.quant.qdq_rules import check_tensorrt
-from compressor.quant.selection import choose, deployment, latency_pool, speed_check
-from compressor.quant.space import TARGETS
+from compressor.quant.selection import choose, deployment, latency_pool, round_ratios, speed_check, trimmed
+from compressor.quant.space import TARGETS, QuantConfig
 from compressor.quant.tuner import (
     DEFAULT_DB,
     Budget,
@@ -40,7 +40,7 @@ from compressor.quant.tuner import (
     search,
 )
 from compressor.runtime.export import export_onnx
-from compressor.runtime.latency import measure_isolated
+from compressor.runtime.latency import Latency, measure_isolated
 from compressor.runtime.openvino import int8_summary
 
 STRATEGIES = ("xgboost", "random", "ga", "grid")
@@ -68,8 +68,10 @@ class QuantizeConfig:
     faster than FP32 within that many points of the best (and meeting max_accuracy_drop when set), the fastest
     by ``min_speed_gain`` is written, else the most accurate (:func:`compressor.quant.selection.choose`).
     min_speed_gain: a less accurate candidate (or a later one of equal accuracy) replaces the choice only when its
-    batch throughput is more than ``1 + min_speed_gain`` times the choice's beyond noise; smaller gains move from
-    run to run on a shared host and would make the written model depend on the run.
+    batch throughput is more than ``1 + min_speed_gain`` times the choice's beyond noise.
+    confirm_rounds: a pair whose first timing is close is timed again, the two alone, with this many paired rounds
+    before that gain decides (0: the first timing decides); on a shared host five rounds cannot tell a small gain
+    from noise, and the written model would depend on the run.
     fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on the target's CPU runtime
     (ort-cpu, openvino-cpu). "Faster" means beyond the measured noise (all paired timing rounds but the most
     extreme quarter); a speed-up within the noise counts as not faster (:mod:`compressor.quant.selection`), so
@@ -98,7 +100,8 @@ class QuantizeConfig:
     accuracy_tolerance: float = param(0.1, ge=0)
     latency_candidates: int = param(3, ge=1)
     speed_accuracy_budget: float = param(0.5, ge=0)
-    min_speed_gain: float = param(0.5, ge=0)
+    min_speed_gain: float = param(0.05, ge=0)
+    confirm_rounds: int = param(15, ge=0)
     min_speedup: float = param(1.0, gt=0)
     latency_batch: int = param(64, ge=1)
     threads: int = param(2, ge=1)
@@ -167,8 +170,21 @@ class Quantune:
                                      progress=ctx.progress, **on)
         lat = {cfg: timed[f"int8:{cfg.key()}"] for cfg in pool}
         checks = {cfg: speed_check(timed["fp32"], lat[cfg], c.min_speedup) for cfg in pool}
+        confirmations = []
+
+        def retime(candidate: QuantConfig, current: QuantConfig) -> tuple[Latency, Latency]:
+            keys = [f"int8:{candidate.key()}", f"int8:{current.key()}"]
+            again = self.measure_latency({k: models[k] for k in keys}, images, c.latency_batch, c.threads,
+                                         progress=ctx.progress, rounds=c.confirm_rounds, **on)
+            ratios = round_ratios(again[keys[0]], again[keys[1]])
+            confirmations.append({"candidate": candidate.key(), "against": current.key(), "rounds": c.confirm_rounds,
+                                  "throughput_ratio_trimmed": ratios and [round(r, 3) for r in trimmed(ratios[0])],
+                                  "latency": {k.split(":", 1)[1]: v.as_dict() for k, v in again.items()}})
+            return again[keys[0]], again[keys[1]]
+
         best, choice_rule = choose(pool, scores, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance,
-                                   floor=target_acc, min_speed_gain=c.min_speed_gain)
+                                   floor=target_acc, min_speed_gain=c.min_speed_gain,
+                                   retime=retime if c.confirm_rounds else None)
         qdq, speed = models[f"int8:{best.key()}"], checks[best]
         with atomic_path(ctx.out_dir / "quantized_int8.onnx") as tmp:
             onnx.save(qdq, tmp)
@@ -184,6 +200,7 @@ class Quantune:
             "float_layers": [module_name(n) for n in [*problem.float_layers(best), *extra]],
             "val_top1": scores[best],
             "latency_candidates": {cfg.key(): {**lat[cfg].as_dict(), "val_top1": scores[cfg]} for cfg in pool},
+            "confirmations": confirmations,
             "fp32_val_top1": fp32_val,
             "evaluations": problem.evaluations,
             "calibration_runs": problem.calibration_runs,
