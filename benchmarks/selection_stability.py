@@ -6,9 +6,9 @@ judges it (:func:`compressor.quant.selection.choose`, a close pair timed again w
 ``confirm_rounds``, each repetition with its own second timing), and, for comparison, by the two rules before it:
 the paired rule deciding on the first rounds alone at x1.5 (2026-12-04), and each model's slowest round against
 the other's fastest, unpaired, where a candidate replaced the choice when faster at all (before 2026-12-04). A
-stable rule picks the same candidate, and the same deployment, in every repetition. The first repetition is what
-the run itself uses. Not a timing figure: run it alone on the machine all the same, since the noise is what it
-measures.
+stable rule picks the same candidate, and the same deployment, in every repetition. The run itself judged the
+first repetition's timing, with second timings of its own (its report's ``confirmations``). Not a timing figure:
+run it alone on the machine all the same, since the noise is what it measures.
 
     python benchmarks/selection_stability.py --recipe recipes/demo.yaml --repeats 12 --out out/selection
 """
@@ -93,14 +93,17 @@ def main() -> None:
         checks = {c: speed_check(fp32, lat[c], cfg["min_speedup"]) for c in pool}
         confirmations = []
 
+        # ``log`` is bound now (a default argument), not looked up when the closure runs.
         def retime(candidate: QuantConfig, current: QuantConfig, log: list = confirmations) -> tuple[Latency, Latency]:
+            """The pass's second timing of a close pair (quantune.py), logged with the candidate's throughput over
+            the current choice's: trimmed low, median, trimmed high."""
             keys = [f"int8:{candidate.key()}", f"int8:{current.key()}"]
             again = measure_isolated({k: timed["models"][k] for k in keys}, timed["images"], timed["batch"],
                                      timed["threads"], **{**timed["kw"], "rounds": cfg["confirm_rounds"]})
-            ratios = round_ratios(again[keys[0]], again[keys[1]])[0]
-            log.append({"candidate": candidate.key(), "against": current.key(),
-                        "throughput_ratio": [round(trimmed(ratios)[0], 3), round(statistics.median(ratios), 3),
-                                             round(trimmed(ratios)[1], 3)]})
+            ratios = (round_ratios(again[keys[0]], again[keys[1]]) or ([],))[0]
+            log.append({"candidate": candidate.key(), "against": current.key(), "rounds": len(ratios),
+                        "throughput_ratio": ratios and [round(trimmed(ratios)[0], 3), round(statistics.median(ratios), 3),
+                                                        round(trimmed(ratios)[1], 3)]})
             return again[keys[0]], again[keys[1]]
 
         judge = (cfg["speed_accuracy_budget"], cfg["accuracy_tolerance"], floor)

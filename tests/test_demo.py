@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fake_latency(int8_faster: bool):
-    def measure(models, images, batch, threads, progress=False):
+    def measure(models, images, batch, threads, progress=False, **kw):
         fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
                        batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
         int8 = (Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),

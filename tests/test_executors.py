@@ -76,7 +76,7 @@ SHARED = {"images": (np.arange(4 * 40000) % 251).astype(np.uint8).reshape(4, 400
 
 # -------------------------------------------------------------------------------------------- fixtures
 
-def _fake_latency(models, images, batch, threads, progress=False):
+def _fake_latency(models, images, batch, threads, progress=False, **kw):
     fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
                    batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
     int8 = Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),

@@ -110,7 +110,7 @@ def test_openvino_space_has_every_knob_but_power_of_two():
 def test_quantize_pass_for_openvino_times_in_openvino(small_splits, teacher, tmp_path, monkeypatch):
     seen = {}
 
-    def fast_int8(models, images, batch, threads, progress, backend="onnxruntime-cpu", precision="f32"):
+    def fast_int8(models, images, batch, threads, progress, backend="onnxruntime-cpu", precision="f32", **kw):
         seen.update(backend=backend, precision=precision)
         fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
                        batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
@@ -212,7 +212,7 @@ def test_a_model_openvino_cannot_read_is_one_line_with_its_cause(tmp_path):
     assert "Exception from" not in message and "ort-cpu" in message
 
 def test_pipeline_times_each_target_and_exports_checked_int8_ir(tmp_path, monkeypatch):
-    def fast_int8(models, images, batch, threads, progress, backend="onnxruntime-cpu", precision="f32"):
+    def fast_int8(models, images, batch, threads, progress, backend="onnxruntime-cpu", precision="f32", **kw):
         fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
                        batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
         int8 = Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),

@@ -33,7 +33,7 @@ from compressor.runtime.latency import Latency
 from .conftest import DEMO_TEACHER, ROOT
 
 FAKE_LATENCY = '''
-def fake_latency(models, images, batch, threads, progress=False):
+def fake_latency(models, images, batch, threads, progress=False, **kw):
     from compressor.runtime.latency import Latency
     fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
                    batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))

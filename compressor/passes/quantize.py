@@ -22,7 +22,9 @@ class Quantize:
     Config: ClassVar[type] = QuantizeConfig
     changes_network: ClassVar[bool] = False
     produces_artifact: ClassVar[bool] = True
-    # Each model is timed in its own process; tests replace this to inject latencies.
+    # Each model is timed in its own process; tests replace this to inject latencies. Called as
+    # measure_isolated is: (models, images, batch, threads, progress=..., [rounds=...,] [backend/precision])
+    # -> {name: Latency}; ``rounds`` is passed when a close pair is timed again.
     measure_latency = staticmethod(measure_isolated)
 
     def __init__(self, config: QuantizeConfig | None = None) -> None:

@@ -70,8 +70,8 @@ class QuantizeConfig:
     min_speed_gain: a less accurate candidate (or a later one of equal accuracy) replaces the choice only when its
     batch throughput is more than ``1 + min_speed_gain`` times the choice's beyond noise.
     confirm_rounds: a pair whose first timing is close is timed again, the two alone, with this many paired rounds
-    before that gain decides (0: the first timing decides); on a shared host five rounds cannot tell a small gain
-    from noise, and the written model would depend on the run.
+    before that gain decides; on a shared host five rounds cannot tell a small gain from noise, and the written
+    model would depend on the run. 0: the first five rounds decide (raise min_speed_gain to 0.5 with it there).
     fallback_to_fp32_if_slower: deploy FP32 when INT8 is not faster than FP32 on the target's CPU runtime
     (ort-cpu, openvino-cpu). "Faster" means beyond the measured noise (all paired timing rounds but the most
     extreme quarter); a speed-up within the noise counts as not faster (:mod:`compressor.quant.selection`), so
@@ -117,7 +117,8 @@ class QuantuneResult:
 
 
 class Quantune:
-    """Search, time and write the INT8 model of one float model into ``ctx.out_dir``."""
+    """Search, time and write the INT8 model of one float model into ``ctx.out_dir``. ``measure_latency`` has
+    :func:`compressor.runtime.latency.measure_isolated`'s signature (it gets ``rounds`` for a second timing)."""
 
     def __init__(self, config: QuantizeConfig | None = None, measure_latency: Callable = measure_isolated) -> None:
         self.config = validate(config or QuantizeConfig(), "quantize")
@@ -177,9 +178,13 @@ class Quantune:
             again = self.measure_latency({k: models[k] for k in keys}, images, c.latency_batch, c.threads,
                                          progress=ctx.progress, rounds=c.confirm_rounds, **on)
             ratios = round_ratios(again[keys[0]], again[keys[1]])
-            confirmations.append({"candidate": candidate.key(), "against": current.key(), "rounds": c.confirm_rounds,
-                                  "throughput_ratio_trimmed": ratios and [round(r, 3) for r in trimmed(ratios[0])],
-                                  "latency": {k.split(":", 1)[1]: v.as_dict() for k, v in again.items()}})
+            confirmations.append({
+                "candidate": candidate.key(), "against": current.key(),
+                "rounds": len(ratios[0]) if ratios else 0,
+                # The candidate's throughput and batch-1 speed over the current choice's, trimmed low and high.
+                "throughput_ratio_trimmed": [round(r, 3) for r in trimmed(ratios[0])] if ratios else None,
+                "batch1_ratio_trimmed": [round(r, 3) for r in trimmed(ratios[1])] if ratios else None,
+                "latency": {k.split(":", 1)[1]: v.as_dict() for k, v in again.items()}})
             return again[keys[0]], again[keys[1]]
 
         best, choice_rule = choose(pool, scores, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance,

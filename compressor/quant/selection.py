@@ -129,17 +129,19 @@ def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: 
     Timing decides only beyond noise and only for a real gain. Candidates are walked from the most accurate down
     (ties in the space's fixed order); one replaces the current choice only when its batch throughput is more than
     ``1 + min_speed_gain`` times the current one's beyond noise (:func:`trimmed` per-round ratios) and it is not
-    slower at batch 1 beyond noise. A pair whose first rounds are close (a trimmed ratio above ``1 +
-    min_speed_gain`` at the high end but not above ``1 + CLEAR_GAIN`` at the low end) is decided on
+    slower at batch 1 beyond noise. A pair whose first rounds are close (above ``1 + min_speed_gain`` in more
+    than the most extreme quarter of rounds, but not above ``max(1 + min_speed_gain, 1 + CLEAR_GAIN)`` in all
+    but that quarter) is decided on
     ``retime(candidate, choice)``: the two timed again, alone, with more rounds, since five rounds on a shared host
     cannot tell a small gain from noise and an artifact chosen on them would differ between runs of the same
-    recipe. Without ``retime`` the first rounds decide. Without a replacement the most accurate
-    one stands, whatever the medians say. Returns the choice and the rule that made it."""
+    recipe. Without ``retime`` the first rounds decide, at ``min_speed_gain`` all the same (so pair it with a gain
+    of 0.5 on a shared host). Without a replacement the most accurate one stands, whatever the medians say.
+    Returns the choice and the rule that made it."""
     walk, fast = walk_order(pool, results, [c for c in pool if checks[c]["int8_faster"]], speed_accuracy_budget,
                             tolerance, floor)
     budget = max(speed_accuracy_budget, tolerance)
     need = 1 + min_speed_gain
-    pick, beaten, refused, beyond = walk[0], None, False, BEYOND_NOISE
+    pick, beaten, refused, beyond, retimes = walk[0], None, False, BEYOND_NOISE, 0
     for c in walk[1:]:
         ratios = round_ratios(latency[c], latency[pick])
         if ratios is None:
@@ -147,9 +149,10 @@ def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: 
         low, high = trimmed(ratios[0])
         retimed = retime is not None and high > need and not low > max(need, 1 + CLEAR_GAIN)
         if retimed:
+            retimes += 1
             ratios = round_ratios(*retime(c, pick))
             if ratios is None:
-                continue
+                raise ValueError(f"the second timing of {c.key()} against {pick.key()} kept no paired rounds")
         # Strictly more than the gain: with no gain asked, equal speed must not replace the more accurate one.
         if not trimmed(ratios[0])[0] > need:
             continue
@@ -157,8 +160,8 @@ def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: 
             refused = True
         else:
             pick, beaten = c, pick
-            beyond = BEYOND_NOISE + (f", {len(ratios[0])} rounds timed again after close first rounds" if retimed
-                                     else "")
+            beyond = (f"in all but the most extreme quarter of {len(ratios[0])} paired rounds, timed again after "
+                      "close first rounds") if retimed else BEYOND_NOISE
     if fast:
         basis = (f"the fastest candidate measured faster than FP32 beyond noise within {budget:g} pt of the best "
                  "validation top-1" + ("" if floor is None else " and above the accuracy goal"))
@@ -172,6 +175,8 @@ def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: 
         return pick, basis
     why = ("a faster one was slower at batch 1 beyond noise" if refused else
            f"no other ran at more than x{need:g} its throughput {BEYOND_NOISE}")
+    if retimes:
+        why += f" ({retimes} close pair{'s' if retimes > 1 else ''} timed again)"
     tied = sum(results[c] == results[pick] for c in walk)
     order = f", the first of {tied} equally accurate in the space's fixed order" if tied > 1 else ""
     return pick, f"{basis}: the most accurate{order}; {why}"
