@@ -64,7 +64,7 @@ from compressor.quant import tuner as tuner_module
 from compressor.quant.adaround import AdaRoundSettings
 from compressor.quant.problem import QuantProblem, key_name, top1_onnx, weight_key
 from compressor.quant.quantune import QuantizeConfig
-from compressor.quant.selection import candidates, choose, speed_check
+from compressor.quant.selection import candidates, choose, retimer, speed_check
 from compressor.quant.space import KNOBS, QuantConfig
 from compressor.quant.tuner import (
     DEFAULT_DB,
@@ -235,15 +235,7 @@ def measure(args: argparse.Namespace) -> None:
             lat = measure_isolated({"fp32": problem.float_model, **paths}, images)
             timed = {c: lat[f"int8:{c.key()}"] for c in pool}
             checks = {c: speed_check(lat["fp32"], t) for c, t in timed.items()}
-
-            def retime(candidate: QuantConfig, current: QuantConfig, paths: dict = paths,
-                       images: np.ndarray = images) -> tuple:
-                """The pass's second timing of a close pair, with the pass's default number of rounds (this
-                model's files and images bound now, not when called)."""
-                keys = [f"int8:{candidate.key()}", f"int8:{current.key()}"]
-                again = measure_isolated({k: paths[k] for k in keys}, images, rounds=QuantizeConfig().confirm_rounds)
-                return again[keys[0]], again[keys[1]]
-
+            retime = retimer(measure_isolated, paths, images, 64, 2, QuantizeConfig().confirm_rounds, [])
             selected = choose(pool, results, timed, checks, speed_accuracy_budget=0.5, tolerance=0.1,
                               retime=retime)[0]
             record["latency"] = {k: v.as_dict() for k, v in lat.items()}

@@ -24,7 +24,7 @@ from pathlib import Path
 import compressor
 from compressor.errors import GateFailed
 from compressor.passes.quantize import Quantize
-from compressor.quant.selection import choose, deployment, round_ratios, speed_check, trimmed, walk_order
+from compressor.quant.selection import choose, deployment, retimer, round_ratios, speed_check, trimmed, walk_order
 from compressor.quant.space import QuantConfig, config_space
 from compressor.runtime.latency import Latency, measure_isolated
 
@@ -91,21 +91,9 @@ def main() -> None:
         fp32 = run["fp32"]
         lat = {by_key[k.split(":", 1)[1]]: v for k, v in run.items() if k != "fp32"}
         checks = {c: speed_check(fp32, lat[c], cfg["min_speedup"]) for c in pool}
-        confirmations = []
-
-        # ``log`` is bound now (a default argument), not looked up when the closure runs.
-        def retime(candidate: QuantConfig, current: QuantConfig, log: list = confirmations) -> tuple[Latency, Latency]:
-            """The pass's second timing of a close pair (quantune.py), logged with the candidate's throughput over
-            the current choice's: trimmed low, median, trimmed high."""
-            keys = [f"int8:{candidate.key()}", f"int8:{current.key()}"]
-            again = measure_isolated({k: timed["models"][k] for k in keys}, timed["images"], timed["batch"],
-                                     timed["threads"], **{**timed["kw"], "rounds": cfg["confirm_rounds"]})
-            ratios = (round_ratios(again[keys[0]], again[keys[1]]) or ([],))[0]
-            log.append({"candidate": candidate.key(), "against": current.key(), "rounds": len(ratios),
-                        "throughput_ratio": ratios and [round(trimmed(ratios)[0], 3), round(statistics.median(ratios), 3),
-                                                        round(trimmed(ratios)[1], 3)]})
-            return again[keys[0]], again[keys[1]]
-
+        confirmations: list[dict] = []
+        retime = retimer(measure_isolated, timed["models"], timed["images"], timed["batch"], timed["threads"],
+                         cfg["confirm_rounds"], confirmations, **timed["kw"])
         judge = (cfg["speed_accuracy_budget"], cfg["accuracy_tolerance"], floor)
         new = choose(pool, results, lat, checks, *judge, cfg["min_speed_gain"],
                      retime if cfg["confirm_rounds"] else None)[0]
@@ -126,7 +114,8 @@ def main() -> None:
                      "timings": {k: v.as_dict() for k, v in run.items()}})
         print("; ".join(f"{rule}: {p[0]}" for rule, p in picks.items()) + "; ratio to the choice (trimmed low, "
               "median, high): " + ", ".join(f"{k} {v}" for k, v in spread.items() if k != new.key())
-              + "".join(f"; timed again: {x['candidate']} / {x['against']} {x['throughput_ratio']}"
+              + "".join(f"; timed again: {x['candidate']} / {x['against']} trimmed "
+                        f"{x['throughput_ratio_trimmed']}, median {x['throughput_ratio_median']}"
                         for x in confirmations), flush=True)
     summary = {"candidates": {c.key(): v for c, v in results.items()},
                "tally": {rule: [[*k, n] for k, n in t.most_common()] for rule, t in tally.items()}, "repetitions": rows}

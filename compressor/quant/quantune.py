@@ -25,8 +25,8 @@ from compressor.quant.adaround import AdaRoundSettings
 from compressor.quant.fallback import Fallback, accuracy_fallback, module_name
 from compressor.quant.problem import QuantProblem, top1_onnx
 from compressor.quant.qdq_rules import check_tensorrt
-from compressor.quant.selection import choose, deployment, latency_pool, round_ratios, speed_check, trimmed
-from compressor.quant.space import TARGETS, QuantConfig
+from compressor.quant.selection import choose, deployment, latency_pool, retimer, speed_check
+from compressor.quant.space import TARGETS
 from compressor.quant.tuner import (
     DEFAULT_DB,
     Budget,
@@ -40,7 +40,7 @@ from compressor.quant.tuner import (
     search,
 )
 from compressor.runtime.export import export_onnx
-from compressor.runtime.latency import Latency, measure_isolated
+from compressor.runtime.latency import measure_isolated
 from compressor.runtime.openvino import int8_summary
 
 STRATEGIES = ("xgboost", "random", "ga", "grid")
@@ -171,22 +171,9 @@ class Quantune:
                                      progress=ctx.progress, **on)
         lat = {cfg: timed[f"int8:{cfg.key()}"] for cfg in pool}
         checks = {cfg: speed_check(timed["fp32"], lat[cfg], c.min_speedup) for cfg in pool}
-        confirmations = []
-
-        def retime(candidate: QuantConfig, current: QuantConfig) -> tuple[Latency, Latency]:
-            keys = [f"int8:{candidate.key()}", f"int8:{current.key()}"]
-            again = self.measure_latency({k: models[k] for k in keys}, images, c.latency_batch, c.threads,
-                                         progress=ctx.progress, rounds=c.confirm_rounds, **on)
-            ratios = round_ratios(again[keys[0]], again[keys[1]])
-            confirmations.append({
-                "candidate": candidate.key(), "against": current.key(),
-                "rounds": len(ratios[0]) if ratios else 0,
-                # The candidate's throughput and batch-1 speed over the current choice's, trimmed low and high.
-                "throughput_ratio_trimmed": [round(r, 3) for r in trimmed(ratios[0])] if ratios else None,
-                "batch1_ratio_trimmed": [round(r, 3) for r in trimmed(ratios[1])] if ratios else None,
-                "latency": {k.split(":", 1)[1]: v.as_dict() for k, v in again.items()}})
-            return again[keys[0]], again[keys[1]]
-
+        confirmations: list[dict] = []
+        retime = retimer(self.measure_latency, models, images, c.latency_batch, c.threads, c.confirm_rounds,
+                         confirmations, progress=ctx.progress, **on)
         best, choice_rule = choose(pool, scores, lat, checks, c.speed_accuracy_budget, c.accuracy_tolerance,
                                    floor=target_acc, min_speed_gain=c.min_speed_gain,
                                    retime=retime if c.confirm_rounds else None)

@@ -12,6 +12,7 @@ alone and with more rounds, before a small gain may decide between them.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 
 from compressor.quant.space import QuantConfig
@@ -115,6 +116,28 @@ def walk_order(pool: list[QuantConfig], results: dict[QuantConfig, float], faste
     fast = [c for c in faster_than_fp32 if results[c] >= lowest]
     ranked = sorted(fast or pool, key=lambda c: (-results[c], c))
     return (ranked if fast else [c for c in ranked if results[c] == results[ranked[0]]]), bool(fast)
+
+
+def retimer(measure: Callable, models: dict, images: object, batch: int, threads: int, rounds: int, log: list,
+            **kw: object) -> Callable[[QuantConfig, QuantConfig], tuple[Latency, Latency]]:
+    """The second timing :func:`choose` asks for: the two candidates' models (keyed ``int8:<config key>``) timed
+    alone for ``rounds`` paired rounds through ``measure`` (``measure_isolated``'s signature; ``kw`` passed on),
+    each timing appended to ``log`` as the stage record's ``confirmations`` entry."""
+
+    def retime(candidate: QuantConfig, current: QuantConfig) -> tuple[Latency, Latency]:
+        keys = [f"int8:{candidate.key()}", f"int8:{current.key()}"]
+        again = measure({k: models[k] for k in keys}, images, batch, threads, rounds=rounds, **kw)
+        ratios = round_ratios(again[keys[0]], again[keys[1]])
+        log.append({
+            "candidate": candidate.key(), "against": current.key(), "rounds": len(ratios[0]) if ratios else 0,
+            # The candidate's throughput and batch-1 speed over the current choice's, trimmed low and high.
+            "throughput_ratio_trimmed": [round(r, 3) for r in trimmed(ratios[0])] if ratios else None,
+            "throughput_ratio_median": round(statistics.median(ratios[0]), 3) if ratios else None,
+            "batch1_ratio_trimmed": [round(r, 3) for r in trimmed(ratios[1])] if ratios else None,
+            "latency": {k.split(":", 1)[1]: v.as_dict() for k, v in again.items()}})
+        return again[keys[0]], again[keys[1]]
+
+    return retime
 
 
 def choose(pool: list[QuantConfig], results: dict[QuantConfig, float], latency: dict[QuantConfig, Latency],
