@@ -24,9 +24,9 @@ from pathlib import Path
 import compressor
 from compressor.errors import GateFailed
 from compressor.passes.quantize import Quantize
-from compressor.quant.selection import choose, deployment, retimer, round_ratios, speed_check, trimmed, walk_order
+from compressor.quant.selection import choose, deployment, retimer, speed_check, walk_order
 from compressor.quant.space import QuantConfig, config_space
-from compressor.runtime.latency import Latency, measure_isolated
+from compressor.runtime.latency import Latency, measure_isolated, round_ratios, trimmed
 
 
 def unpaired_choice(pool: list[QuantConfig], results: dict[QuantConfig, float], lat: dict[QuantConfig, Latency],

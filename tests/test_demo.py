@@ -12,7 +12,9 @@ import pytest
 
 import compressor
 from compressor.passes.quantize import Quantize
-from compressor.pipeline.recipe import read_recipe_file
+from compressor.pipeline import runner
+from compressor.pipeline.gate import evaluate_gate
+from compressor.pipeline.recipe import BudgetSection, read_recipe_file
 from compressor.runtime.latency import Latency
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +30,21 @@ def _fake_latency(int8_faster: bool):
                              batch1_rounds=(0.95, 1, 1.05, 0.975, 1.025)))
         return {k: fp32 if k == "fp32" else int8 for k in models}
     return measure
+
+
+class _PairedClock:
+    """The headline's paired timing, injected: the teacher runs 2x slower at batch 1 and 3x at batch 64 in every
+    round, the host slowing both in round 3. Records which files were timed, on which runtime."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, models, images, batch, threads, rounds=5, **kw):
+        self.calls.append(({k: (Path(m.path).name, m.backend) for k, m in models.items()}, batch, rounds, len(images)))
+        slow = (1, 1, 2, 1, 1)[:rounds]
+        teacher = Latency(0.5, 2000.0, batch, tuple(2000 / f for f in slow), tuple(0.5 * f for f in slow))
+        deployed = Latency(0.25, 6000.0, batch, tuple(6000 / f for f in slow), tuple(0.25 * f for f in slow))
+        return {k: deployed if k == "deployed" else teacher for k in models}
 
 
 def _sha(path: Path) -> str:
@@ -50,7 +67,15 @@ def _stage(report, name):
 def test_demo_deploys_int8_when_faster_then_fp32_when_not(demo, monkeypatch, stair_target):
     recipe, out = demo
     monkeypatch.setattr(Quantize, "measure_latency", staticmethod(_fake_latency(True)))
+    clock = _PairedClock()
+    monkeypatch.setattr(runner, "measure_isolated", clock)
     report = compressor.compress(recipe, out, progress=False)
+    # The headline and the gate read the teacher and the deployed file timed in the same rounds, teacher as base.
+    assert clock.calls == [({"teacher": ("00_teacher.onnx", "onnxruntime-cpu"),
+                             "deployed": ("model_int8.onnx", "onnxruntime-cpu")}, 64, 5, 64)]
+    assert report.headline["paired_rounds"] == 5 and report.headline["vs_teacher"]["batch1_speedup"] == 2.0
+    assert report.headline["vs_teacher"]["batch64_speedup"] == 3.0
+    assert evaluate_gate(report, BudgetSection(min_speedup=1.9))[0].actual == 2.0
     assert [s.stage for s in report.stages] == ["teacher", "01_prune", "02_fold_bn", "03_quantize", "export_onnx",
                                                 "export_onnx_int8"]
     assert _stage(report, "01_prune").details["latency"]["predicted_speedup"] >= 2.7  # the recipe's target_speedup
@@ -76,5 +101,5 @@ def test_demo_deploys_int8_when_faster_then_fp32_when_not(demo, monkeypatch, sta
     assert report.stages[1].details.get("resumed") and not _stage(report, "03_quantize").details.get("resumed")
     quant = _stage(report, "03_quantize")
     assert quant.artifact["deploy"] is False and "not faster" in quant.details["speed_note"]
-    assert report.deployed == "model.onnx"
+    assert report.deployed == "model.onnx" and clock.calls[-1][0]["deployed"] == ("model.onnx", "onnxruntime-cpu")
     assert report.gate[0].actual == pytest.approx(report.stages[0].top1 - _stage(report, "export_onnx").top1)

@@ -23,8 +23,11 @@ from compressor.n2n.reward import RewardFunction
 from compressor.n2n.search import N2NConfig, N2NSearch
 from compressor.passes.base import Context
 from compressor.passes.prune import Prune, PruneConfig
+from compressor.pipeline.gate import evaluate_gate
+from compressor.pipeline.recipe import BudgetSection
 from compressor.pipeline.report import Report, StageRecord, headline, render_markdown
 from compressor.pruning.knapsack import knapsack, profile_shapes
+from compressor.runtime.latency import Latency, paired_speedup
 from compressor.runtime.latency_model import EMPTY, LatencyModel, LatencyTable, describe
 from compressor.runtime.latency_targets import LayerShape, OrtCpuTarget
 from tests.conftest import StairTarget
@@ -267,6 +270,37 @@ def test_report_headline_and_slower_stage_flag():
     ov = headline(report, "openvino-cpu")
     assert ov["vs_teacher"]["batch64_speedup"] == pytest.approx(3.0)
     assert ov["vs_teacher_ort_fp32"]["batch64_speedup"] == pytest.approx(6.0)
+
+
+def test_headline_and_gate_read_paired_rounds_not_stage_rows():
+    """Stage rows timed minutes apart on a host that changed speed in between read 1.1x at batch 1; the paired
+    rounds, where the host's slow round slowed both models, read 2x, and the gate reads that."""
+    report = Report(stages=[
+        _stage("teacher", "teacher", 0.30, 4000, 91.0, "stages/00_teacher.onnx"),
+        _stage("export_onnx_int8", "export", 0.27, 4500, 90.5, "model_int8.onnx"),
+    ], deployed="model_int8.onnx")
+    budget = BudgetSection(min_speedup=1.5)
+    unpaired = evaluate_gate(report, budget)[0]
+    assert not unpaired.passed and unpaired.actual == pytest.approx(0.30 / 0.27) and "unpaired" in unpaired.limit
+    # Round 3 ran in the host's slow state: both models took longer, their ratio did not change much.
+    teacher = Latency(0.3, 4000, 64, (4000, 4100, 2000, 3900, 4000), (0.30, 0.31, 0.60, 0.30, 0.29))
+    deployed = Latency(0.15, 12000, 64, (12000, 11800, 6500, 12500, 12000), (0.15, 0.15, 0.33, 0.16, 0.14))
+    paired = paired_speedup(teacher, deployed)
+    assert paired["batch1_speedup"] == pytest.approx(2.0) and paired["rounds"] == 5
+    assert paired["batch1_ratios"] == pytest.approx([2.0, 2.067, 1.818, 1.875, 2.071], abs=1e-3)  # in the rounds' order
+    assert paired["batch1_trimmed"] == pytest.approx([1.875, 2.067], abs=1e-3)  # 0.30/0.16 .. 0.31/0.15
+    assert paired["throughput_speedup"] == pytest.approx(3.0) and paired["throughput_trimmed"] == pytest.approx([3.0, 3.205], abs=1e-3)
+    assert paired_speedup(teacher, Latency(0.15, 12000, 64)) is None  # rounds not kept: nothing to pair
+    report.headline = headline(report, "ort-cpu", {"vs_teacher": paired, "vs_teacher_ort_fp32": paired})
+    assert report.headline["paired_rounds"] == 5 and report.headline["vs_teacher"]["batch1_speedup"] == pytest.approx(2.0)
+    assert report.headline["vs_teacher"]["batch64_speedup"] == pytest.approx(3.0)
+    gate = evaluate_gate(report, budget)[0]
+    assert gate.passed and gate.actual == pytest.approx(2.0) and gate.limit.endswith("on ort-cpu, 5 paired rounds)")
+    md = render_markdown(report)
+    assert "| the teacher on ort-cpu | 2.00× | 3.00× |" in md and "Timed in 5 paired rounds" in md and "1.88–2.07×" in md
+    # The report round-trips through JSON and `compressor check` reads the same figure.
+    again = Report.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert evaluate_gate(again, budget)[0].actual == pytest.approx(2.0)
 
 
 def test_profile_times_the_widths_the_prune_pass_may_choose(cli, stair_target, teacher):

@@ -244,6 +244,14 @@ def test_pipeline_times_each_target_and_exports_checked_int8_ir(tmp_path, monkey
     assert ir["details"]["openvino_int8"] == q["openvino_int8"] and q["openvino_int8"]["compute_layers"] == 22
     assert len(q["openvino_int8"]["not_int8"]) == len(q["float_layers"])
     assert ir["top1"] == pytest.approx(stages["01_quantize"]["top1"], abs=0.2) and set(ir["latency"]) == {"openvino-cpu"}
+    # The headline times, in the same rounds, the teacher and the deployed file on OpenVINO and the teacher in ORT.
+    h = data["headline"]
+    assert h["target"] == "openvino-cpu" and h["paired_rounds"] == 5
+    for key in ("vs_teacher", "vs_teacher_ort_fp32"):
+        for b in ("batch1", "batch64"):
+            low, high = h[key][f"{b}_trimmed"]
+            assert 0 < low <= h[key][f"{b}_speedup"] <= high
+    assert h["vs_teacher"] != h["vs_teacher_ort_fp32"]
     md = (out / "report.md").read_text()
     assert "img/s b64 openvino-cpu | p50 b1 ms ort-cpu" in md and "top-1 % openvino-cpu (f32)" in md
 

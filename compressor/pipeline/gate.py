@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from compressor.pipeline.recipe import BudgetSection
-from compressor.pipeline.report import GateResult, Report
+from compressor.pipeline.report import GateResult, Report, gated_speedup
 
 
 def evaluate_gate(report: Report, budget: BudgetSection) -> list[GateResult]:
@@ -16,10 +16,9 @@ def evaluate_gate(report: Report, budget: BudgetSection) -> list[GateResult]:
         results.append(GateResult("max_accuracy_drop (pt)", budget.max_accuracy_drop, drop, ok,
                                   None if drop is None else budget.max_accuracy_drop - drop))
     if budget.min_speedup is not None:
-        t, f = teacher.latency_b1_p50_ms, final.latency_b1_p50_ms
-        speedup = t / f if t and f else None
+        speedup, how = gated_speedup(report)
         ok = speedup is not None and speedup >= budget.min_speedup
-        results.append(GateResult("min_speedup (x, p50 batch 1)", budget.min_speedup, speedup, ok,
+        results.append(GateResult(f"min_speedup (x, p50 batch 1, {how})", budget.min_speedup, speedup, ok,
                                   None if speedup is None else speedup - budget.min_speedup))
     if budget.max_size_mb is not None:
         size = final.onnx_size_mb

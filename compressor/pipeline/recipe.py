@@ -56,6 +56,7 @@ class BenchSection:
     warmup: float = param(0.2, ge=0)  # seconds
     duration: float = param(1.0, gt=0)  # seconds per measurement
     threads: int = param(2, ge=1)
+    rounds: int = param(5, ge=1)  # the headline's paired rounds: the teacher and the deployed artifact alternating
 
 
 @dataclass
@@ -73,7 +74,7 @@ class BudgetSection:
     """CI gate limits; None means unchecked."""
 
     max_accuracy_drop: float | None = param(None, ge=0)  # percentage points of test top-1 vs the teacher
-    min_speedup: float | None = param(None, gt=0)  # teacher p50 latency at batch 1 / final's, on the first target
+    min_speedup: float | None = param(None, gt=0)  # the headline's paired batch-1 speed-up over the teacher
     max_size_mb: float | None = param(None, gt=0)  # final deployed ONNX file
 
 

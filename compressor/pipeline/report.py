@@ -128,10 +128,14 @@ def _speedups(base: tuple, new: tuple) -> dict[str, float | None]:
     return {"batch1_speedup": b1 / n1 if b1 and n1 else None, "batch64_speedup": ntp / tp if tp and ntp else None}
 
 
-def headline(report: Report, target: str = "ort-cpu") -> dict[str, Any]:
+def headline(report: Report, target: str = "ort-cpu", paired: dict[str, dict | None] | None = None) -> dict[str, Any]:
     """The end-to-end figure: the deployed artifact against the teacher on ``target`` at batch 1 (p50 latency) and
     64 (throughput) and against the teacher's ONNX Runtime FP32 (the common baseline across targets), with Δ test
-    top-1; and every pass stage slower on ``target`` than the stage before it (``SLOWER_TOLERANCE``)."""
+    top-1; and every pass stage slower on ``target`` than the stage before it (``SLOWER_TOLERANCE``).
+
+    ``paired``: ``vs_teacher`` and ``vs_teacher_ort_fp32`` as :func:`compressor.runtime.latency.paired_speedup`
+    gives them, from the teacher and the deployed artifact timed alternately. Without it the speed-ups divide the
+    stage rows' figures, which were timed minutes apart: a shared host that changes speed in between moves them."""
     teacher = report.stages[0]
     deployed = next((s for s in report.stages if s.kind == "export" and s.onnx_path == report.deployed), None)
     if deployed is None:
@@ -141,8 +145,14 @@ def headline(report: Report, target: str = "ort-cpu") -> dict[str, Any]:
         "target": target, "deployed": report.deployed, "top1": top1, "delta_top1": top1 - teacher.top1,
         "vs_teacher": _speedups(stage_speed(report, teacher, target), stage_speed(report, deployed, target)),
         "vs_teacher_ort_fp32": _speedups(stage_speed(report, teacher), stage_speed(report, deployed, target)),
-        "slower_stages": [],
+        "paired_rounds": 0, "slower_stages": [],
     }
+    for key, p in (paired or {}).items():
+        if p is not None:
+            out[key] = {"batch1_speedup": p["batch1_speedup"], "batch64_speedup": p["throughput_speedup"],
+                        "batch1_trimmed": p["batch1_trimmed"], "batch64_trimmed": p["throughput_trimmed"],
+                        "batch1_ratios": p["batch1_ratios"], "batch64_ratios": p["throughput_ratios"]}
+            out["paired_rounds"] = p["rounds"]
     previous = teacher
     for s in (s for s in report.stages if s.kind == "pass"):
         ratios = _speedups(stage_speed(report, previous, target), stage_speed(report, s, target))
@@ -152,8 +162,25 @@ def headline(report: Report, target: str = "ort-cpu") -> dict[str, Any]:
     return out
 
 
+def gated_speedup(report: Report) -> tuple[float | None, str]:
+    """The batch-1 speed-up of the deployed artifact over the teacher the gate reads, and how it was timed: the
+    headline's paired figure, or for a report without one, the ratio of the two stage rows on the first target."""
+    h = report.headline
+    if h.get("paired_rounds"):
+        speedup = (h.get("vs_teacher") or {}).get("batch1_speedup")
+        return (speedup if isinstance(speedup, (int, float)) else None), f"on {h.get('target')}, {h['paired_rounds']} paired rounds"
+    teacher = report.stages[0]
+    final = next((s for s in report.stages if s.onnx_path == report.deployed), report.stages[-1])
+    t, f = teacher.latency_b1_p50_ms, final.latency_b1_p50_ms
+    return (t / f if t and f else None), "stage rows, unpaired"
+
+
 def _x(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}×"
+
+
+def _range(r: list[float] | None) -> str:
+    return "–" if not r else f"{r[0]:.2f}–{r[1]:.2f}×"
 
 
 def render_headline(h: dict[str, Any]) -> list[str]:
@@ -168,6 +195,14 @@ def render_headline(h: dict[str, Any]) -> list[str]:
              f"{_x(h['vs_teacher']['batch64_speedup'])} |",
              f"| the teacher in ONNX Runtime FP32 | {_x(h['vs_teacher_ort_fp32']['batch1_speedup'])} | "
              f"{_x(h['vs_teacher_ort_fp32']['batch64_speedup'])} |", ""]
+    if h.get("paired_rounds"):
+        v = h["vs_teacher"]
+        lines += [f"Timed in {h['paired_rounds']} paired rounds: the teacher and the deployed artifact alternate, each in "
+                  "a fresh process; each figure is the median of the per-round ratios (all rounds but the most extreme "
+                  f"quarter at each end: {_range(v.get('batch1_trimmed'))} at batch 1, {_range(v.get('batch64_trimmed'))} "
+                  "at batch 64). The stage rows below were timed minutes apart.", ""]
+    else:
+        lines += ["From the stage rows below, timed minutes apart (no paired timing in this report).", ""]
     for s in h["slower_stages"]:
         lines.append(f"**Slower than its input:** {s['stage']} runs slower on {t} than {s['input']} (speed-up "
                      f"{_x(s['batch1_speedup'])} at batch 1, {_x(s['batch64_speedup'])} at batch 64).")

@@ -54,8 +54,9 @@ from compressor.pipeline.manifest import (
 from compressor.pipeline.recipe import Recipe, to_dict
 from compressor.pipeline.report import Report, StageRecord, headline, versions, write_report
 from compressor.runtime import openvino
-from compressor.runtime.bench import BenchSettings, bench_targets
+from compressor.runtime.bench import TARGET_BACKENDS, BenchSettings, Timed, bench_targets
 from compressor.runtime.export import check_parity, export_onnx, export_openvino, ort_predict, ort_session
+from compressor.runtime.latency import measure_isolated, paired_speedup
 
 
 def prepare_out_dir(out_dir: Path) -> None:
@@ -182,6 +183,26 @@ class Pipeline:
         first = record.latency.get(self.recipe.targets[0])
         if first is not None:
             record.latency_b1_p50_ms, record.throughput_b64_img_s = first["p50_b1_ms"], first["img_s_b64"]
+
+    def _time_headline(self, report: Report, target: str) -> dict[str, dict | None]:
+        """The teacher and the deployed artifact on ``target``, and the teacher in ONNX Runtime FP32 (the common
+        baseline) when the target is another runtime, alternating round by round, each in a fresh process. The
+        stage rows are timed minutes apart, and a shared host that changes speed in between moves their ratio
+        (docs/performance.md); paired rounds cancel that."""
+        r = self.recipe
+        self.executor.release()  # no worker beside a timing
+        teacher, deployed = self.out_dir / report.stages[0].onnx_path, self.out_dir / report.deployed
+        backend = TARGET_BACKENDS[target]
+        models = {"teacher": Timed(teacher, backend, r.openvino.precision),
+                  "deployed": Timed(deployed, backend, r.openvino.precision)}
+        if target != "ort-cpu":
+            models["teacher_ort_fp32"] = Timed(teacher)
+        images = self.preprocess(self.splits.test.images[:64]).numpy()
+        images = np.resize(images, (64, *images.shape[1:]))  # a test split under 64 images repeats
+        lat = measure_isolated(models, images, 64, r.bench.threads, rounds=r.bench.rounds, seconds=r.bench.duration,
+                               progress=self.progress, warmup=r.bench.warmup)
+        return {"vs_teacher": paired_speedup(lat["teacher"], lat["deployed"]),
+                "vs_teacher_ort_fp32": paired_speedup(lat.get("teacher_ort_fp32", lat["teacher"]), lat["deployed"])}
 
     def _predict(self, path: Path, target: str) -> np.ndarray:
         """Test-split logits of an ONNX file on ``target``: OpenVINO with the recipe's hint, or ONNX Runtime."""
@@ -403,7 +424,8 @@ class Pipeline:
         # The headline is on the target the recipe's quantize pass chose for (also when its fallback deployed FP32
         # there) when the recipe times it, else on its first target.
         made_for = next((s.artifact["target"] for s in reversed(report.stages) if s.artifact), None)
-        report.headline = headline(report, made_for if made_for in r.targets else r.targets[0])
+        target = made_for if made_for in r.targets else r.targets[0]
+        report.headline = headline(report, target, self._time_headline(report, target) if r.bench.enabled else None)
         report.gate = evaluate_gate(report, r.budget)
         report.wall_seconds = time.perf_counter() - t_start
         write_report(report, self.out_dir)

@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Callable
 
 from compressor.quant.space import QuantConfig
-from compressor.runtime.latency import Latency
+from compressor.runtime.latency import Latency, round_ratios, trimmed
 
 FASTER, NOT_FASTER, WITHIN_NOISE = "faster", "not faster", "within noise"
 BEYOND_NOISE = "in all but the most extreme quarter of the paired rounds"
@@ -24,23 +24,6 @@ BEYOND_NOISE = "in all but the most extreme quarter of the paired rounds"
 # fused candidates a little apart never read that far apart in five rounds, unfused ones run several times slower
 # (the demo's repetitions in BENCHMARKS.md).
 CLEAR_GAIN = 0.5
-
-
-def round_ratios(fast: Latency, slow: Latency) -> tuple[list[float], list[float]] | None:
-    """Per round, how many times faster ``fast`` ran than ``slow``: in batch throughput and at batch 1. None when
-    either kept no rounds or they were not timed in the same rounds."""
-    rounds = (fast.throughput_rounds, slow.throughput_rounds, fast.batch1_rounds, slow.batch1_rounds)
-    if None in rounds or len({len(r) for r in rounds}) != 1 or not rounds[0]:
-        return None
-    throughput = [f / s for f, s in zip(fast.throughput_rounds, slow.throughput_rounds)]
-    batch1 = [s / f for f, s in zip(fast.batch1_rounds, slow.batch1_rounds)]
-    return throughput, batch1
-
-
-def trimmed(ratios: list[float]) -> tuple[float, float]:
-    """The lowest and highest per-round ratio once the most extreme quarter of rounds at each end is set aside."""
-    r, k = sorted(ratios), len(ratios) // 4
-    return r[k], r[-1 - k]
 
 
 def _verdict(ratios: list[float], need: float) -> str:

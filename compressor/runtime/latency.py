@@ -39,6 +39,37 @@ class Latency:
         return asdict(self)
 
 
+def round_ratios(fast: Latency, slow: Latency) -> tuple[list[float], list[float]] | None:
+    """Per round, how many times faster ``fast`` ran than ``slow``: in batch throughput and at batch 1. None when
+    either kept no rounds or they were not timed in the same rounds."""
+    rounds = (fast.throughput_rounds, slow.throughput_rounds, fast.batch1_rounds, slow.batch1_rounds)
+    if None in rounds or len({len(r) for r in rounds}) != 1 or not rounds[0]:
+        return None
+    throughput = [f / s for f, s in zip(fast.throughput_rounds, slow.throughput_rounds)]
+    batch1 = [s / f for f, s in zip(fast.batch1_rounds, slow.batch1_rounds)]
+    return throughput, batch1
+
+
+def trimmed(ratios: list[float]) -> tuple[float, float]:
+    """The lowest and highest per-round ratio once the most extreme quarter of rounds at each end is set aside."""
+    r, k = sorted(ratios), len(ratios) // 4
+    return r[k], r[-1 - k]
+
+
+def paired_speedup(base: Latency, new: Latency) -> dict | None:
+    """How many times faster ``new`` ran than ``base`` in rounds timed alternately: per batch size the median of
+    the per-round ratios (drift that slows both alike cancels round by round) and the range every round but the
+    most extreme quarter at each end lies in. None when the two were not timed in the same rounds."""
+    ratios = round_ratios(new, base)
+    if ratios is None:
+        return None
+    throughput, batch1 = ratios
+    return {"batch1_speedup": round(float(np.median(batch1)), 3), "batch1_trimmed": [round(r, 3) for r in trimmed(batch1)],
+            "batch1_ratios": [round(r, 3) for r in batch1], "throughput_speedup": round(float(np.median(throughput)), 3),
+            "throughput_trimmed": [round(r, 3) for r in trimmed(throughput)],
+            "throughput_ratios": [round(r, 3) for r in throughput], "batch": new.batch, "rounds": len(batch1)}
+
+
 def _time(sess: ort.InferenceSession, x: np.ndarray, repeat: int) -> float:
     name = sess.get_inputs()[0].name
     t = time.perf_counter()
@@ -69,26 +100,25 @@ def measure_interleaved(
 
 
 def measure_isolated(
-    models: dict[str, onnx.ModelProto | str], images: np.ndarray, batch: int = 64, threads: int = 2,
+    models: dict[str, onnx.ModelProto | str | Path | Timed], images: np.ndarray, batch: int = 64, threads: int = 2,
     rounds: int = 5, seconds: float = 0.4, progress: bool = False, backend: str = "onnxruntime-cpu",
-    precision: str = "f32",
+    precision: str = "f32", warmup: float = 0.1,
 ) -> dict[str, Latency]:
     """Like ``measure_interleaved``, but each round times every model in a fresh process that holds only its
     session (``bench.measure_onnx_isolated``), the models alternating round by round; ``seconds`` of measurement
     per model, round and batch size. Both figures come from the median run. ``backend``: onnxruntime-cpu or
-    openvino (with ``precision`` as its hint)."""
+    openvino (with ``precision`` as its hint); a :class:`Timed` model names its own runtime (one runtime against
+    another in the same rounds)."""
     with tempfile.TemporaryDirectory(prefix="compressor-latency-") as tmp:
         paths = []
         for i, m in enumerate(models.values()):
             if isinstance(m, onnx.ModelProto):
-                paths.append(Path(tmp) / f"model{i}.onnx")
-                onnx.save(m, paths[-1])
-            else:
-                paths.append(Path(m))
-        paths = [Timed(p, backend, precision) for p in paths]
+                onnx.save(m, Path(tmp) / f"model{i}.onnx")
+                m = Path(tmp) / f"model{i}.onnx"
+            paths.append(m if isinstance(m, Timed) else Timed(Path(m), backend, precision))
         npy = Path(tmp) / "inputs.npy"
         np.save(npy, np.ascontiguousarray(images[:batch], dtype=np.float32))
-        settings = BenchSettings(warmup=0.1, duration=seconds * rounds, iterations=3 * rounds, threads=threads)
+        settings = BenchSettings(warmup=warmup, duration=seconds * rounds, iterations=3 * rounds, threads=threads)
         measured = measure_onnx_isolated(paths, [1, batch], settings, windows=rounds, inputs=npy, progress=progress)
     out = {}
     for i, k in enumerate(models):
