@@ -17,19 +17,9 @@ from compressor.pipeline.gate import evaluate_gate
 from compressor.pipeline.recipe import BudgetSection, read_recipe_file
 from compressor.runtime.latency import Latency
 
+from .timing_doubles import quant_latency
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _fake_latency(int8_faster: bool):
-    def measure(models, images, batch, threads, progress=False, **kw):
-        fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
-                       batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
-        int8 = (Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),
-                        batch1_rounds=(0.24, 0.25, 0.26, 0.245, 0.255)) if int8_faster
-                else Latency(1.0, 1500.0, batch, throughput_rounds=(1400, 1500, 1600, 1450, 1550),
-                             batch1_rounds=(0.95, 1, 1.05, 0.975, 1.025)))
-        return {k: fp32 if k == "fp32" else int8 for k in models}
-    return measure
 
 
 class _PairedClock:
@@ -66,7 +56,7 @@ def _stage(report, name):
 
 def test_demo_deploys_int8_when_faster_then_fp32_when_not(demo, monkeypatch, stair_target):
     recipe, out = demo
-    monkeypatch.setattr(Quantize, "measure_latency", staticmethod(_fake_latency(True)))
+    monkeypatch.setattr(Quantize, "measure_latency", staticmethod(quant_latency(True)))
     clock = _PairedClock()
     monkeypatch.setattr(runner, "measure_isolated", clock)
     report = compressor.compress(recipe, out, progress=False)
@@ -96,7 +86,7 @@ def test_demo_deploys_int8_when_faster_then_fp32_when_not(demo, monkeypatch, sta
 
     # Re-run only the quantize stage with INT8 slower than FP32: the fallback deploys the FP32 export.
     (out / "stages" / "03_quantize.pt").unlink()
-    monkeypatch.setattr(Quantize, "measure_latency", staticmethod(_fake_latency(False)))
+    monkeypatch.setattr(Quantize, "measure_latency", staticmethod(quant_latency(False)))
     report = compressor.compress(recipe, out, resume=True, progress=False)
     assert report.stages[1].details.get("resumed") and not _stage(report, "03_quantize").details.get("resumed")
     quant = _stage(report, "03_quantize")

@@ -31,7 +31,8 @@ from compressor.passes import Context
 from compressor.passes.quantize import Quantize
 from compressor.quant.space import QuantConfig, config_space
 from compressor.quant.tuner import Budget, XGBoostTuner, diverse_pick, search
-from compressor.runtime.latency import Latency
+
+from .timing_doubles import quant_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"seconds", "wall_seconds", "search_seconds_this_run", "executor"}
@@ -75,14 +76,6 @@ SHARED = {"images": (np.arange(4 * 40000) % 251).astype(np.uint8).reshape(4, 400
 
 
 # -------------------------------------------------------------------------------------------- fixtures
-
-def _fake_latency(models, images, batch, threads, progress=False, **kw):
-    fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
-                   batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
-    int8 = Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),
-                   batch1_rounds=(0.24, 0.25, 0.26, 0.245, 0.255))
-    return {k: fp32 if k == "fp32" else int8 for k in models}
-
 
 def _strip(value):
     """A report without what legitimately differs between executors: timings and the executor settings."""
@@ -211,7 +204,7 @@ def test_executor_section_is_validated():
 def test_reports_and_artifacts_are_identical_across_executors(small_recipe, local_ray, tmp_path, monkeypatch):
     """fold_bn + a 4-evaluation INT8 search in rounds of 2: serial, processes and local Ray write the same report
     (timings aside) and the same ONNX bytes."""
-    monkeypatch.setattr(Quantize, "measure_latency", staticmethod(_fake_latency))
+    monkeypatch.setattr(Quantize, "measure_latency", staticmethod(quant_latency()))
     runs = {}
     for executor in [{"kind": "serial"}, *_kinds()]:
         out = tmp_path / executor["kind"]

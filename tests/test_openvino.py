@@ -25,9 +25,10 @@ from compressor.quant.problem import QuantProblem, top1_onnx
 from compressor.quant.space import QuantConfig, config_space
 from compressor.runtime import openvino
 from compressor.runtime.export import export_onnx, export_openvino
-from compressor.runtime.latency import Latency, measure_isolated
+from compressor.runtime.latency import measure_isolated
 
 from .conftest import DEMO_DATA, DEMO_TEACHER, ROOT
+from .timing_doubles import quant_latency
 
 pytest.importorskip("openvino")
 CONFIG = QuantConfig(1000, "entropy", "asymmetric", "per_channel", "int8")
@@ -112,11 +113,7 @@ def test_quantize_pass_for_openvino_times_in_openvino(small_splits, teacher, tmp
 
     def fast_int8(models, images, batch, threads, progress, backend="onnxruntime-cpu", precision="f32", **kw):
         seen.update(backend=backend, precision=precision)
-        fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
-                       batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
-        int8 = Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),
-                       batch1_rounds=(0.24, 0.25, 0.26, 0.245, 0.255))
-        return {k: fp32 if k == "fp32" else int8 for k in models}
+        return quant_latency()(models, images, batch, threads)
 
     monkeypatch.setattr(Quantize, "measure_latency", staticmethod(fast_int8))
     scored = []
@@ -212,14 +209,7 @@ def test_a_model_openvino_cannot_read_is_one_line_with_its_cause(tmp_path):
     assert "Exception from" not in message and "ort-cpu" in message
 
 def test_pipeline_times_each_target_and_exports_checked_int8_ir(tmp_path, monkeypatch):
-    def fast_int8(models, images, batch, threads, progress, backend="onnxruntime-cpu", precision="f32", **kw):
-        fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
-                       batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
-        int8 = Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),
-                       batch1_rounds=(0.24, 0.25, 0.26, 0.245, 0.255))
-        return {k: fp32 if k == "fp32" else int8 for k in models}
-
-    monkeypatch.setattr(Quantize, "measure_latency", staticmethod(fast_int8))
+    monkeypatch.setattr(Quantize, "measure_latency", staticmethod(quant_latency()))
     recipe = {
         "model": {"name": "cifar_resnet20", "weights": str(DEMO_TEACHER)},
         "data": {"path": str(DEMO_DATA), "validation": 200, "calibration": 100},

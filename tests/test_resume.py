@@ -28,23 +28,11 @@ from compressor.core.files import copy_atomic
 from compressor.errors import CompressorError
 from compressor.passes.quantize import Quantize
 from compressor.pipeline.manifest import list_files
-from compressor.runtime.latency import Latency
 
 from .conftest import DEMO_TEACHER, ROOT
+from .timing_doubles import quant_latency
 
-FAKE_LATENCY = '''
-def fake_latency(models, images, batch, threads, progress=False, **kw):
-    from compressor.runtime.latency import Latency
-    fp32 = Latency(0.5, 3000.0, batch, throughput_rounds=(2900, 3000, 3100, 2950, 3050),
-                   batch1_rounds=(0.48, 0.5, 0.52, 0.49, 0.51))
-    int8 = Latency(0.25, 6000.0, batch, throughput_rounds=(5900, 6000, 6100, 5950, 6050),
-                   batch1_rounds=(0.24, 0.25, 0.26, 0.245, 0.255))
-    return {k: fp32 if k == "fp32" else int8 for k in models}
-'''
-namespace: dict = {}
-exec(FAKE_LATENCY, namespace)
-fake_latency = namespace["fake_latency"]
-assert isinstance(fake_latency({"fp32": None}, None, 64, 1)["fp32"], Latency)
+fake_latency = quant_latency()
 
 QUANTIZE = {"quantize": {"max_evals": 2, "warm_start_db": "none", "latency_candidates": 1}}
 
@@ -229,13 +217,14 @@ def test_killed_run_resumes_to_the_same_bytes(reference, inputs, tmp_path, cli):
     out = tmp_path / "out"
     recipe = _recipe_file(tmp_path, _recipe(*inputs))
     script = tmp_path / "run.py"
-    script.write_text(FAKE_LATENCY + (
+    script.write_text(
         "import sys\n"
+        "from tests.timing_doubles import quant_latency\n"
         "from compressor.passes.quantize import Quantize\n"
         "from compressor.cli import main\n"
-        "Quantize.measure_latency = staticmethod(fake_latency)\n"
+        "Quantize.measure_latency = staticmethod(quant_latency())\n"
         f"sys.argv = ['compressor', 'compress', '--recipe', {str(recipe)!r}, '--out', {str(out)!r}, '--quiet']\n"
-        "main()\n"))
+        "main()\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
