@@ -61,8 +61,11 @@ def test_demo_deploys_int8_when_faster_then_fp32_when_not(demo, monkeypatch, sta
     monkeypatch.setattr(runner, "measure_isolated", clock)
     report = compressor.compress(recipe, out, progress=False)
     # The headline and the gate read the teacher and the deployed file timed in the same rounds, teacher as base.
-    assert clock.calls == [({"teacher": ("00_teacher.onnx", "onnxruntime-cpu"),
-                             "deployed": ("model_int8.onnx", "onnxruntime-cpu")}, 64, 5, 64)]
+    assert clock.calls[0] == ({"teacher": ("00_teacher.onnx", "onnxruntime-cpu"),
+                               "deployed": ("model_int8.onnx", "onnxruntime-cpu")}, 64, 5, 64)
+    # Any further call times a stage the (real, short) stage rows show slower against its input; the clock
+    # times those alike, so none stays flagged.
+    assert all(set(c[0]) == {"before", "stage"} for c in clock.calls[1:]) and report.headline["slower_stages"] == []
     assert report.headline["paired_rounds"] == 5 and report.headline["vs_teacher"]["batch1_speedup"] == 2.0
     assert report.headline["vs_teacher"]["batch64_speedup"] == 3.0
     assert evaluate_gate(report, BudgetSection(min_speedup=1.9))[0].actual == 2.0
@@ -91,5 +94,6 @@ def test_demo_deploys_int8_when_faster_then_fp32_when_not(demo, monkeypatch, sta
     assert report.stages[1].details.get("resumed") and not _stage(report, "03_quantize").details.get("resumed")
     quant = _stage(report, "03_quantize")
     assert quant.artifact["deploy"] is False and "not faster" in quant.details["speed_note"]
-    assert report.deployed == "model.onnx" and clock.calls[-1][0]["deployed"] == ("model.onnx", "onnxruntime-cpu")
+    headline_timings = [c[0]["deployed"] for c in clock.calls if "deployed" in c[0]]
+    assert report.deployed == "model.onnx" and headline_timings[-1] == ("model.onnx", "onnxruntime-cpu")
     assert report.gate[0].actual == pytest.approx(report.stages[0].top1 - _stage(report, "export_onnx").top1)

@@ -272,6 +272,35 @@ def test_report_headline_and_slower_stage_flag():
     assert ov["vs_teacher_ort_fp32"]["batch64_speedup"] == pytest.approx(6.0)
 
 
+def test_a_slower_stage_is_flagged_only_when_paired_rounds_confirm_it():
+    """The rows say 01_prune is slower than the teacher (timed minutes apart); the flag rests on the two timed
+    in paired rounds, which only suspects get."""
+    report = Report(stages=[
+        _stage("teacher", "teacher", 0.30, 4000, 91.0, "stages/00_teacher.onnx"),
+        _stage("01_prune", "pass", 0.54, 5000, path="stages/01_prune.onnx"),
+        _stage("02_fold_bn", "pass", 0.57, 4800, path="stages/02_fold_bn.onnx"),
+        _stage("export_onnx", "export", 0.53, 5050, 90.6, "model.onnx"),
+    ], deployed="model.onnx")
+    calls = []
+
+    def time_pair(factor):
+        def timed(before, stage):
+            calls.append((before.stage, stage.stage))
+            base = Latency(0.3, 4000, 64, (4000,) * 4, (0.30,) * 4)
+            return paired_speedup(base, Latency(0.3 / factor, 4000 * factor, 64, (4000 * factor,) * 4, (0.30 / factor,) * 4))
+        return timed
+
+    h = headline(report, time_pair=time_pair(1.3))  # paired: 01_prune is 1.3x faster than the teacher
+    assert h["slower_stages"] == [] and calls == [("teacher", "01_prune")]
+    calls.clear()
+    h = headline(report, time_pair=time_pair(0.8))  # paired: 0.8x, slower beyond the 10 % tolerance
+    assert calls == [("teacher", "01_prune")]
+    assert h["slower_stages"] == [{"stage": "01_prune", "input": "teacher", "batch1_speedup": 0.8,
+                                   "batch64_speedup": 0.8, "paired_rounds": 4}]
+    report.headline = h
+    assert "(speed-up 0.80× at batch 1, 0.80× at batch 64, 4 paired rounds)" in render_markdown(report)
+
+
 def test_headline_and_gate_read_paired_rounds_not_stage_rows():
     """Stage rows timed minutes apart on a host that changed speed in between read 1.1x at batch 1; the paired
     rounds, where the host's slow round slowed both models, read 2x, and the gate reads that."""

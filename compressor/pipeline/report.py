@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,14 +129,17 @@ def _speedups(base: tuple, new: tuple) -> dict[str, float | None]:
     return {"batch1_speedup": b1 / n1 if b1 and n1 else None, "batch64_speedup": ntp / tp if tp and ntp else None}
 
 
-def headline(report: Report, target: str = "ort-cpu", paired: dict[str, dict | None] | None = None) -> dict[str, Any]:
+def headline(report: Report, target: str = "ort-cpu", paired: dict[str, dict | None] | None = None,
+             time_pair: Callable[[StageRecord, StageRecord], dict | None] | None = None) -> dict[str, Any]:
     """The end-to-end figure: the deployed artifact against the teacher on ``target`` at batch 1 (p50 latency) and
     64 (throughput) and against the teacher's ONNX Runtime FP32 (the common baseline across targets), with Δ test
     top-1; and every pass stage slower on ``target`` than the stage before it (``SLOWER_TOLERANCE``).
 
     ``paired``: ``vs_teacher`` and ``vs_teacher_ort_fp32`` as :func:`compressor.runtime.latency.paired_speedup`
     gives them, from the teacher and the deployed artifact timed alternately. Without it the speed-ups divide the
-    stage rows' figures, which were timed minutes apart: a shared host that changes speed in between moves them."""
+    stage rows' figures, which were timed minutes apart: a shared host that changes speed in between moves them.
+    ``time_pair(input, stage)``: the same paired figures for a stage against its input; a stage the rows show
+    slower is flagged only when these confirm it (without ``time_pair``, on the rows alone)."""
     teacher = report.stages[0]
     deployed = next((s for s in report.stages if s.kind == "export" and s.onnx_path == report.deployed), None)
     if deployed is None:
@@ -156,10 +160,17 @@ def headline(report: Report, target: str = "ort-cpu", paired: dict[str, dict | N
     previous = teacher
     for s in (s for s in report.stages if s.kind == "pass"):
         ratios = _speedups(stage_speed(report, previous, target), stage_speed(report, s, target))
-        if any(r is not None and r < 1 - SLOWER_TOLERANCE for r in ratios.values()):
+        if _slower(ratios) and time_pair is not None and (p := time_pair(previous, s)) is not None:
+            ratios = {"batch1_speedup": p["batch1_speedup"], "batch64_speedup": p["throughput_speedup"],
+                      "paired_rounds": p["rounds"]}
+        if _slower(ratios):
             out["slower_stages"].append({"stage": s.stage, "input": previous.stage, **ratios})
         previous = s
     return out
+
+
+def _slower(ratios: dict[str, float | None]) -> bool:
+    return any(ratios.get(k) is not None and ratios[k] < 1 - SLOWER_TOLERANCE for k in ("batch1_speedup", "batch64_speedup"))
 
 
 def gated_speedup(report: Report) -> tuple[float | None, str]:
@@ -204,8 +215,9 @@ def render_headline(h: dict[str, Any]) -> list[str]:
     else:
         lines += ["From the stage rows below, timed minutes apart (no paired timing in this report).", ""]
     for s in h["slower_stages"]:
+        how = f", {s['paired_rounds']} paired rounds" if s.get("paired_rounds") else ", from the stage rows"
         lines.append(f"**Slower than its input:** {s['stage']} runs slower on {t} than {s['input']} (speed-up "
-                     f"{_x(s['batch1_speedup'])} at batch 1, {_x(s['batch64_speedup'])} at batch 64).")
+                     f"{_x(s['batch1_speedup'])} at batch 1, {_x(s['batch64_speedup'])} at batch 64{how}).")
     return lines + ([""] if h["slower_stages"] else [])
 
 

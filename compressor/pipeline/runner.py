@@ -56,7 +56,7 @@ from compressor.pipeline.report import Report, StageRecord, headline, versions, 
 from compressor.runtime import openvino
 from compressor.runtime.bench import TARGET_BACKENDS, BenchSettings, Timed, bench_targets
 from compressor.runtime.export import check_parity, export_onnx, export_openvino, ort_predict, ort_session
-from compressor.runtime.latency import measure_isolated, paired_speedup
+from compressor.runtime.latency import Latency, measure_isolated, paired_speedup
 
 
 def prepare_out_dir(out_dir: Path) -> None:
@@ -184,25 +184,34 @@ class Pipeline:
         if first is not None:
             record.latency_b1_p50_ms, record.throughput_b64_img_s = first["p50_b1_ms"], first["img_s_b64"]
 
-    def _time_headline(self, report: Report, target: str) -> dict[str, dict | None]:
-        """The teacher and the deployed artifact on ``target``, and the teacher in ONNX Runtime FP32 (the common
-        baseline) when the target is another runtime, alternating round by round, each in a fresh process. The
-        stage rows are timed minutes apart, and a shared host that changes speed in between moves their ratio
-        (docs/performance.md); paired rounds cancel that."""
+    def _time_paired(self, models: dict[str, tuple[str, str]]) -> dict[str, Latency]:
+        """ONNX files (relative to the output folder) on targets, name -> (path, target), alternating round by
+        round, each in a fresh process: ``bench.rounds`` rounds of ``bench.duration`` seconds per file, round and
+        batch size (1 and 64), on test images. The stage rows are timed minutes apart, and a shared host that
+        changes speed in between moves their ratios (docs/performance.md); paired rounds cancel that."""
         r = self.recipe
         self.executor.release()  # no worker beside a timing
-        teacher, deployed = self.out_dir / report.stages[0].onnx_path, self.out_dir / report.deployed
-        backend = TARGET_BACKENDS[target]
-        models = {"teacher": Timed(teacher, backend, r.openvino.precision),
-                  "deployed": Timed(deployed, backend, r.openvino.precision)}
-        if target != "ort-cpu":
-            models["teacher_ort_fp32"] = Timed(teacher)
+        timed = {k: Timed(self.out_dir / path, TARGET_BACKENDS[t], r.openvino.precision) for k, (path, t) in models.items()}
         images = self.preprocess(self.splits.test.images[:64]).numpy()
         images = np.resize(images, (64, *images.shape[1:]))  # a test split under 64 images repeats
-        lat = measure_isolated(models, images, 64, r.bench.threads, rounds=r.bench.rounds, seconds=r.bench.duration,
-                               progress=self.progress, warmup=r.bench.warmup)
+        return measure_isolated(timed, images, 64, r.bench.threads, rounds=r.bench.rounds, seconds=r.bench.duration,
+                                progress=self.progress, warmup=r.bench.warmup)
+
+    def _time_headline(self, report: Report, target: str) -> dict[str, dict | None]:
+        """The teacher and the deployed artifact on ``target``, and the teacher in ONNX Runtime FP32 (the common
+        baseline) when the target is another runtime, in the same paired rounds."""
+        teacher = report.stages[0].onnx_path
+        models = {"teacher": (teacher, target), "deployed": (report.deployed, target)}
+        if target != "ort-cpu":
+            models["teacher_ort_fp32"] = (teacher, "ort-cpu")
+        lat = self._time_paired(models)
         return {"vs_teacher": paired_speedup(lat["teacher"], lat["deployed"]),
                 "vs_teacher_ort_fp32": paired_speedup(lat.get("teacher_ort_fp32", lat["teacher"]), lat["deployed"])}
+
+    def _time_stage_pair(self, before: StageRecord, stage: StageRecord, target: str) -> dict | None:
+        """A pass stage against its input on ``target`` in paired rounds: what a slower-stage flag rests on."""
+        lat = self._time_paired({"before": (before.onnx_path, target), "stage": (stage.onnx_path, target)})
+        return paired_speedup(lat["before"], lat["stage"])
 
     def _predict(self, path: Path, target: str) -> np.ndarray:
         """Test-split logits of an ONNX file on ``target``: OpenVINO with the recipe's hint, or ONNX Runtime."""
@@ -425,7 +434,11 @@ class Pipeline:
         # there) when the recipe times it, else on its first target.
         made_for = next((s.artifact["target"] for s in reversed(report.stages) if s.artifact), None)
         target = made_for if made_for in r.targets else r.targets[0]
-        report.headline = headline(report, target, self._time_headline(report, target) if r.bench.enabled else None)
+        if r.bench.enabled:
+            report.headline = headline(report, target, self._time_headline(report, target),
+                                       lambda a, b: self._time_stage_pair(a, b, target))
+        else:
+            report.headline = headline(report, target)
         report.gate = evaluate_gate(report, r.budget)
         report.wall_seconds = time.perf_counter() - t_start
         write_report(report, self.out_dir)
