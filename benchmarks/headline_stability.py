@@ -1,7 +1,7 @@
 """How far does the report's headline speed-up move with host noise: paired rounds against stage rows?
 
-Takes a finished run's folder and times its teacher (``stages/00_teacher.onnx``) and its deployed file as the
-run's headline does (``measure_isolated`` with the recipe's bench settings and ``bench.rounds``, the two
+Takes a finished run's folder and times its teacher (``stages/00_teacher.onnx``) and its deployed file on the
+headline's target as the run's headline does (``measure_isolated`` with the recipe's bench settings and ``bench.rounds``, the two
 alternating round by round, each in a fresh process), ``--repeats`` times in a row. Each repetition gives the
 paired figures the headline now reports (the median per-round ratio). For comparison it forms the figure the
 headline reported before: two separate timings divided, here the teacher's first round of one repetition against
@@ -23,6 +23,7 @@ import numpy as np
 
 from compressor.core.data import Preprocess, load_dataset
 from compressor.pipeline.report import read_report
+from compressor.runtime.bench import TARGET_BACKENDS, Timed
 from compressor.runtime.latency import measure_isolated, paired_speedup
 
 
@@ -36,12 +37,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--out", default="out/headline_stability.json")
     args = ap.parse_args()
+    if args.repeats < 2:
+        ap.error("--repeats must be at least 2: the unpaired figure divides one repetition's timing by the next's")
     run = Path(args.run)
     report = read_report(run / "report.json")
     bench, model = report.recipe["bench"], report.recipe["model"]
     test = load_dataset(report.recipe["data"]["path"], progress=False).test
     images = Preprocess(tuple(model["mean"]), tuple(model["std"]))(test.images[:64]).numpy()
-    files = {"teacher": str(run / report.stages[0].onnx_path), "deployed": str(run / report.deployed)}
+    images = np.resize(images, (64, *images.shape[1:]))  # as the run does for a test split under 64 images
+    target = report.headline.get("target", "ort-cpu")
+    precision = report.recipe.get("openvino", {}).get("precision", "f32")
+    files = {k: Timed(run / path, TARGET_BACKENDS[target], precision)
+             for k, path in (("teacher", report.stages[0].onnx_path), ("deployed", report.deployed))}
     reps = []
     for i in range(args.repeats):
         lat = measure_isolated(files, images, 64, bench["threads"], rounds=bench.get("rounds", 5),
@@ -55,7 +62,7 @@ def main() -> None:
     unpaired_tp = [b["deployed"].throughput_rounds[0] / a["teacher"].throughput_rounds[0] for a, b in zip(reps, reps[1:])]
     teacher, deployed = report.stages[0], next(s for s in report.stages if s.onnx_path == report.deployed)
     result = {
-        "run": str(run), "repeats": args.repeats, "rounds": paired[0]["rounds"], "bench": bench,
+        "run": str(run), "target": target, "repeats": args.repeats, "rounds": paired[0]["rounds"], "bench": bench,
         "paired_batch1": spread([p["batch1_speedup"] for p in paired]),
         "paired_batch64": spread([p["throughput_speedup"] for p in paired]),
         "unpaired_batch1": spread(unpaired_b1), "unpaired_batch64": spread(unpaired_tp),

@@ -374,6 +374,9 @@ CASES: list[Case] = [
     Case("check", "a teacher row without top1 misses the limit", lambda t: _report(
         t, {"stages": [_stage(top1=None)], "deployed": "m.onnx"}), "max_accuracy_drop", code=3),
     Case("check", "--min-speedup -1", lambda t: _report(t, STAGES, "--min-speedup", "-1"), "--min-speedup"),
+    Case("check", "a hand-edited headline speed-up", lambda t: _report(
+        t, {**STAGES, "headline": {"paired_rounds": 5, "vs_teacher": {"batch1_speedup": "fast"}}}, "--min-speedup", "1.2"),
+         "headline is malformed"),
     # ---- data cache
     Case("cache", "COMPRESSOR_CACHE is a file", _cache_is_file, "COMPRESSOR_CACHE",
          env=lambda t: {"COMPRESSOR_CACHE": str(t / "cachefile")}),

@@ -15,26 +15,10 @@ from compressor.passes.quantize import Quantize
 from compressor.pipeline import runner
 from compressor.pipeline.gate import evaluate_gate
 from compressor.pipeline.recipe import BudgetSection, read_recipe_file
-from compressor.runtime.latency import Latency
 
-from .timing_doubles import quant_latency
+from .timing_doubles import PairedClock, quant_latency
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class _PairedClock:
-    """The headline's paired timing, injected: the teacher runs 2x slower at batch 1 and 3x at batch 64 in every
-    round, the host slowing both in round 3. Records which files were timed, on which runtime."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, models, images, batch, threads, rounds=5, **kw):
-        self.calls.append(({k: (Path(m.path).name, m.backend) for k, m in models.items()}, batch, rounds, len(images)))
-        slow = (1, 1, 2, 1, 1)[:rounds]
-        teacher = Latency(0.5, 2000.0, batch, tuple(2000 / f for f in slow), tuple(0.5 * f for f in slow))
-        deployed = Latency(0.25, 6000.0, batch, tuple(6000 / f for f in slow), tuple(0.25 * f for f in slow))
-        return {k: deployed if k == "deployed" else teacher for k in models}
 
 
 def _sha(path: Path) -> str:
@@ -57,7 +41,7 @@ def _stage(report, name):
 def test_demo_deploys_int8_when_faster_then_fp32_when_not(demo, monkeypatch, stair_target):
     recipe, out = demo
     monkeypatch.setattr(Quantize, "measure_latency", staticmethod(quant_latency(True)))
-    clock = _PairedClock()
+    clock = PairedClock()
     monkeypatch.setattr(runner, "measure_isolated", clock)
     report = compressor.compress(recipe, out, progress=False)
     # The headline and the gate read the teacher and the deployed file timed in the same rounds, teacher as base.

@@ -17,6 +17,7 @@ import pytest
 
 from compressor.core.data import Preprocess
 from compressor.core.metrics import count_macs
+from compressor.errors import CompressorError
 from compressor.graph.dependency import DependencyGraph
 from compressor.n2n.layers import Candidate, Measurement, build_student, describe_layers
 from compressor.n2n.reward import RewardFunction
@@ -300,6 +301,13 @@ def test_a_slower_stage_is_flagged_only_when_paired_rounds_confirm_it():
     report.headline = h
     assert "(speed-up 0.80× at batch 1, 0.80× at batch 64, 4 paired rounds)" in render_markdown(report)
 
+    def mixed(before, stage):  # slower in 3 rounds of 5 (the median), as fast in 2: not beyond noise
+        base = Latency(0.3, 4000, 64, (4000,) * 5, (0.30,) * 5)
+        return paired_speedup(base, Latency(0.3, 4000, 64, (3200, 3200, 3200, 4000, 4000), (0.375, 0.375, 0.375, 0.3, 0.3)))
+
+    h = headline(report, time_pair=mixed)
+    assert h["slower_stages"] == []
+
 
 def test_headline_and_gate_read_paired_rounds_not_stage_rows():
     """Stage rows timed minutes apart on a host that changed speed in between read 1.1x at batch 1; the paired
@@ -310,7 +318,8 @@ def test_headline_and_gate_read_paired_rounds_not_stage_rows():
     ], deployed="model_int8.onnx")
     budget = BudgetSection(min_speedup=1.5)
     unpaired = evaluate_gate(report, budget)[0]
-    assert not unpaired.passed and unpaired.actual == pytest.approx(0.30 / 0.27) and "unpaired" in unpaired.limit
+    assert not unpaired.passed and unpaired.actual == pytest.approx(0.30 / 0.27)
+    assert unpaired.limit == "min_speedup (x, p50 batch 1)" and unpaired.measured == "stage rows on ort-cpu, unpaired"
     # Round 3 ran in the host's slow state: both models took longer, their ratio did not change much.
     teacher = Latency(0.3, 4000, 64, (4000, 4100, 2000, 3900, 4000), (0.30, 0.31, 0.60, 0.30, 0.29))
     deployed = Latency(0.15, 12000, 64, (12000, 11800, 6500, 12500, 12000), (0.15, 0.15, 0.33, 0.16, 0.14))
@@ -324,12 +333,25 @@ def test_headline_and_gate_read_paired_rounds_not_stage_rows():
     assert report.headline["paired_rounds"] == 5 and report.headline["vs_teacher"]["batch1_speedup"] == pytest.approx(2.0)
     assert report.headline["vs_teacher"]["batch64_speedup"] == pytest.approx(3.0)
     gate = evaluate_gate(report, budget)[0]
-    assert gate.passed and gate.actual == pytest.approx(2.0) and gate.limit.endswith("on ort-cpu, 5 paired rounds)")
+    assert gate.passed and gate.actual == pytest.approx(2.0) and gate.measured == "on ort-cpu, 5 paired rounds"
     md = render_markdown(report)
     assert "| the teacher on ort-cpu | 2.00× | 3.00× |" in md and "Timed in 5 paired rounds" in md and "1.88–2.07×" in md
     # The report round-trips through JSON and `compressor check` reads the same figure.
     again = Report.from_dict(json.loads(json.dumps(report.to_dict())))
     assert evaluate_gate(again, budget)[0].actual == pytest.approx(2.0)
+    # The gate reads the headline's target: here OpenVINO, which the quantize pass chose for, not the first target.
+    report.recipe = {"targets": ["ort-cpu", "openvino-cpu"]}
+    on_ov = paired_speedup(teacher, Latency(0.1, 16000, 64, (16000,) * 5, (0.1,) * 5))
+    report.headline = headline(report, "openvino-cpu", {"vs_teacher": on_ov, "vs_teacher_ort_fp32": paired})
+    gate = evaluate_gate(report, budget)[0]
+    assert gate.actual == pytest.approx(3.0) and gate.measured == "on openvino-cpu, 5 paired rounds"
+    # A hand-edited headline is refused by name, not read as a speed-up (true is not 1.0; infinity passes nothing).
+    for bad in ({"paired_rounds": 5, "vs_teacher": {"batch1_speedup": True}},
+                {"paired_rounds": 5, "vs_teacher": {"batch1_speedup": float("inf")}},
+                {"paired_rounds": "5", "vs_teacher": {"batch1_speedup": 2.0}}, {"paired_rounds": 5, "vs_teacher": [2.0]}):
+        report.headline = bad
+        with pytest.raises(CompressorError, match="headline is malformed"):
+            evaluate_gate(report, budget)
 
 
 def test_profile_times_the_widths_the_prune_pass_may_choose(cli, stair_target, teacher):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,12 @@ def test_pipeline_writes_artifacts_and_report(finished_run):
     assert export["details"]["parity"]["images"] == 1500
     for s in data["stages"]:
         assert s["latency_b1_p50_ms"] > 0 and s["throughput_b64_img_s"] > 0 and s["onnx_size_mb"] > 0
+    # The headline's figures are the medians of its own paired rounds (real timings, so no speed is asserted).
+    h = data["headline"]
+    assert h["deployed"] == "model.onnx" and h["paired_rounds"] == 5
+    for b in ("batch1", "batch64"):
+        ratios = h["vs_teacher"][f"{b}_ratios"]
+        assert len(ratios) == 5 and h["vs_teacher"][f"{b}_speedup"] == pytest.approx(statistics.median(ratios), abs=1e-3)
     assert data["versions"]["torch"] == torch.__version__
     assert "| teacher |" in (out / "report.md").read_text()
     assert not list(out.rglob("*.tmp"))

@@ -32,8 +32,6 @@ from compressor.pipeline.manifest import list_files
 from .conftest import DEMO_TEACHER, ROOT
 from .timing_doubles import quant_latency
 
-fake_latency = quant_latency()
-
 QUANTIZE = {"quantize": {"max_evals": 2, "warm_start_db": "none", "latency_candidates": 1}}
 
 
@@ -78,7 +76,7 @@ def _assert_one_run(out: Path, foreign: set[str] = frozenset()) -> dict:
 @pytest.fixture(scope="module", autouse=True)
 def _fake_latency():
     mp = pytest.MonkeyPatch()
-    mp.setattr(Quantize, "measure_latency", staticmethod(fake_latency))
+    mp.setattr(Quantize, "measure_latency", staticmethod(quant_latency()))
     yield
     mp.undo()
 

@@ -4,6 +4,8 @@ imported by the child process of tests/test_resume.py's kill -9 test (its PYTHON
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from compressor.runtime.latency import Latency
 
 
@@ -20,3 +22,19 @@ def quant_latency(int8_faster: bool = True):
         return {k: fp32 if k == "fp32" else int8 for k in models}
 
     return measure
+
+
+class PairedClock:
+    """The pipeline's paired timing (``compressor.pipeline.runner.measure_isolated``), injected: ``deployed`` runs
+    2x as fast as every other file at batch 1 and 3x at batch 64 in every round, the host slowing all in round 3.
+    Records which files were timed, on which runtime."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, models, images, batch, threads, rounds=5, **kw):
+        self.calls.append(({k: (Path(m.path).name, m.backend) for k, m in models.items()}, batch, rounds, len(images)))
+        slow = (1, 1, 2, 1, 1)[:rounds]
+        teacher = Latency(0.5, 2000.0, batch, tuple(2000 / f for f in slow), tuple(0.5 * f for f in slow))
+        deployed = Latency(0.25, 6000.0, batch, tuple(6000 / f for f in slow), tuple(0.25 * f for f in slow))
+        return {k: deployed if k == "deployed" else teacher for k in models}

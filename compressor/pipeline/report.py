@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from collections.abc import Callable
@@ -27,7 +28,7 @@ class StageRecord:
     macs: int | None = None
     onnx_path: str | None = None
     onnx_size_mb: float | None = None
-    latency_b1_p50_ms: float | None = None  # on the recipe's first target (what the gate reads)
+    latency_b1_p50_ms: float | None = None  # on the recipe's first target (the gate's fallback for older reports)
     throughput_b64_img_s: float | None = None
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)  # the pass's own metrics
@@ -44,6 +45,7 @@ class GateResult:
     actual: float | None
     passed: bool
     margin: float | None  # how far inside (+) or outside (−) the limit
+    measured: str = ""  # how ``actual`` was measured, where it depends on the report (min_speedup)
 
 
 @dataclass
@@ -160,10 +162,13 @@ def headline(report: Report, target: str = "ort-cpu", paired: dict[str, dict | N
     previous = teacher
     for s in (s for s in report.stages if s.kind == "pass"):
         ratios = _speedups(stage_speed(report, previous, target), stage_speed(report, s, target))
-        if _slower(ratios) and time_pair is not None and (p := time_pair(previous, s)) is not None:
+        slower = _slower(ratios)
+        if slower and time_pair is not None and (p := time_pair(previous, s)) is not None:
+            # Confirmed when all paired rounds but the most extreme quarter at each end show it (beyond noise).
             ratios = {"batch1_speedup": p["batch1_speedup"], "batch64_speedup": p["throughput_speedup"],
                       "paired_rounds": p["rounds"]}
-        if _slower(ratios):
+            slower = min(p["batch1_trimmed"][1], p["throughput_trimmed"][1]) < 1 - SLOWER_TOLERANCE
+        if slower:
             out["slower_stages"].append({"stage": s.stage, "input": previous.stage, **ratios})
         previous = s
     return out
@@ -177,13 +182,26 @@ def gated_speedup(report: Report) -> tuple[float | None, str]:
     """The batch-1 speed-up of the deployed artifact over the teacher the gate reads, and how it was timed: the
     headline's paired figure, or for a report without one, the ratio of the two stage rows on the first target."""
     h = report.headline
-    if h.get("paired_rounds"):
-        speedup = (h.get("vs_teacher") or {}).get("batch1_speedup")
-        return (speedup if isinstance(speedup, (int, float)) else None), f"on {h.get('target')}, {h['paired_rounds']} paired rounds"
+    rounds = h.get("paired_rounds")
+    if rounds:
+        v = h.get("vs_teacher")
+        speedup = v.get("batch1_speedup") if isinstance(v, dict) else "missing"
+        if not _count(rounds) or not (speedup is None or _positive(speedup)):
+            raise CompressorError(f"report.json's headline is malformed (paired_rounds {rounds!r}, vs_teacher.batch1_speedup "
+                                  f"{speedup!r}); write the report again with compressor compress")
+        return speedup, f"on {h.get('target')}, {rounds} paired rounds"
     teacher = report.stages[0]
     final = next((s for s in report.stages if s.onnx_path == report.deployed), report.stages[-1])
     t, f = teacher.latency_b1_p50_ms, final.latency_b1_p50_ms
-    return (t / f if t and f else None), "stage rows, unpaired"
+    return (t / f if t and f else None), f"stage rows on {targets(report)[0]}, unpaired"
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def _x(v: float | None) -> str:
@@ -212,7 +230,7 @@ def render_headline(h: dict[str, Any]) -> list[str]:
                   "a fresh process; each figure is the median of the per-round ratios (all rounds but the most extreme "
                   f"quarter at each end: {_range(v.get('batch1_trimmed'))} at batch 1, {_range(v.get('batch64_trimmed'))} "
                   "at batch 64). The stage rows below were timed minutes apart.", ""]
-    else:
+    elif any(v is not None for k in ("vs_teacher", "vs_teacher_ort_fp32") for v in h[k].values()):
         lines += ["From the stage rows below, timed minutes apart (no paired timing in this report).", ""]
     for s in h["slower_stages"]:
         how = f", {s['paired_rounds']} paired rounds" if s.get("paired_rounds") else ", from the stage rows"

@@ -161,7 +161,8 @@ class Pipeline:
     def _measured_with(self) -> dict:
         """The settings a stage's runtime accuracy and timings depend on but its stage key does not."""
         d = to_dict(self.recipe)
-        return {"targets": d["targets"], "openvino": d["openvino"], "bench": d["bench"]}
+        bench = {k: v for k, v in d["bench"].items() if k != "rounds"}  # the headline's paired rounds, not a row's
+        return {"targets": d["targets"], "openvino": d["openvino"], "bench": bench}
 
     def _remeasure(self, record: StageRecord) -> None:
         """A reused stage's OpenVINO accuracy and timings again, under this run's targets, hint and bench settings."""
@@ -188,7 +189,7 @@ class Pipeline:
         """ONNX files (relative to the output folder) on targets, name -> (path, target), alternating round by
         round, each in a fresh process: ``bench.rounds`` rounds of ``bench.duration`` seconds per file, round and
         batch size (1 and 64), on test images. The stage rows are timed minutes apart, and a shared host that
-        changes speed in between moves their ratios (docs/performance.md); paired rounds cancel that."""
+        changes speed in between moves their ratios (docs/latency.md#the-reports-headline); paired rounds cancel that."""
         r = self.recipe
         self.executor.release()  # no worker beside a timing
         timed = {k: Timed(self.out_dir / path, TARGET_BACKENDS[t], r.openvino.precision) for k, (path, t) in models.items()}

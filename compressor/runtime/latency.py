@@ -39,14 +39,14 @@ class Latency:
         return asdict(self)
 
 
-def round_ratios(fast: Latency, slow: Latency) -> tuple[list[float], list[float]] | None:
-    """Per round, how many times faster ``fast`` ran than ``slow``: in batch throughput and at batch 1. None when
-    either kept no rounds or they were not timed in the same rounds."""
-    rounds = (fast.throughput_rounds, slow.throughput_rounds, fast.batch1_rounds, slow.batch1_rounds)
+def round_ratios(new: Latency, base: Latency) -> tuple[list[float], list[float]] | None:
+    """Per round, how many times faster ``new`` ran than ``base`` (below 1: slower): in batch throughput and at
+    batch 1. None when either kept no rounds or they were not timed in the same rounds."""
+    rounds = (new.throughput_rounds, base.throughput_rounds, new.batch1_rounds, base.batch1_rounds)
     if None in rounds or len({len(r) for r in rounds}) != 1 or not rounds[0]:
         return None
-    throughput = [f / s for f, s in zip(fast.throughput_rounds, slow.throughput_rounds)]
-    batch1 = [s / f for f, s in zip(fast.batch1_rounds, slow.batch1_rounds)]
+    throughput = [n / b for n, b in zip(new.throughput_rounds, base.throughput_rounds)]
+    batch1 = [b / n for n, b in zip(new.batch1_rounds, base.batch1_rounds)]
     return throughput, batch1
 
 
