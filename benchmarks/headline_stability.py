@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from compressor.core.data import Preprocess, load_dataset
-from compressor.pipeline.report import read_report
+from compressor.pipeline.report import read_report, stage_speed
 from compressor.runtime.bench import TARGET_BACKENDS, Timed
 from compressor.runtime.latency import measure_isolated, paired_speedup
 
@@ -61,13 +61,13 @@ def main() -> None:
     unpaired_b1 = [a["teacher"].batch1_rounds[0] / b["deployed"].batch1_rounds[0] for a, b in zip(reps, reps[1:])]
     unpaired_tp = [b["deployed"].throughput_rounds[0] / a["teacher"].throughput_rounds[0] for a, b in zip(reps, reps[1:])]
     teacher, deployed = report.stages[0], next(s for s in report.stages if s.onnx_path == report.deployed)
+    rows_t, rows_d = stage_speed(report, teacher, target), stage_speed(report, deployed, target)  # the headline's target
     result = {
         "run": str(run), "target": target, "repeats": args.repeats, "rounds": paired[0]["rounds"], "bench": bench,
         "paired_batch1": spread([p["batch1_speedup"] for p in paired]),
         "paired_batch64": spread([p["throughput_speedup"] for p in paired]),
         "unpaired_batch1": spread(unpaired_b1), "unpaired_batch64": spread(unpaired_tp),
-        "run_stage_rows": {"batch1": round(teacher.latency_b1_p50_ms / deployed.latency_b1_p50_ms, 3),
-                           "batch64": round(deployed.throughput_b64_img_s / teacher.throughput_b64_img_s, 3)},
+        "run_stage_rows": {"batch1": round(rows_t[0] / rows_d[0], 3), "batch64": round(rows_d[1] / rows_t[1], 3)},
         "run_headline": {k: report.headline.get("vs_teacher", {}).get(k) for k in ("batch1_speedup", "batch64_speedup")},
         "per_repeat": paired,
         "teacher_batch1_ms_per_round": [list(np.round(r["teacher"].batch1_rounds, 4)) for r in reps],

@@ -308,6 +308,13 @@ def test_a_slower_stage_is_flagged_only_when_paired_rounds_confirm_it():
     h = headline(report, time_pair=mixed)
     assert h["slower_stages"] == []
 
+    def slower_at_64(before, stage):  # as fast at batch 1, 0.8x throughput in every round: flagged
+        base = Latency(0.3, 4000, 64, (4000,) * 5, (0.30,) * 5)
+        return paired_speedup(base, Latency(0.3, 3200, 64, (3200,) * 5, (0.30,) * 5))
+
+    h = headline(report, time_pair=slower_at_64)
+    assert [(s["stage"], s["batch1_speedup"], s["batch64_speedup"]) for s in h["slower_stages"]] == [("01_prune", 1.0, 0.8)]
+
 
 def test_headline_and_gate_read_paired_rounds_not_stage_rows():
     """Stage rows timed minutes apart on a host that changed speed in between read 1.1x at batch 1; the paired

@@ -242,6 +242,7 @@ def test_pipeline_times_each_target_and_exports_checked_int8_ir(tmp_path, monkey
                                  "teacher_ort_fp32": ("00_teacher.onnx", "onnxruntime-cpu")}
     h = data["headline"]
     assert h["target"] == "openvino-cpu" and h["paired_rounds"] == 5 and h["vs_teacher"]["batch1_speedup"] == 2.0
+    assert h["vs_teacher_ort_fp32"]["batch1_speedup"] == 2.5 and h["vs_teacher_ort_fp32"]["batch64_speedup"] == 3.75
     md = (out / "report.md").read_text()
     assert "img/s b64 openvino-cpu | p50 b1 ms ort-cpu" in md and "top-1 % openvino-cpu (f32)" in md
 

@@ -96,6 +96,18 @@ def test_resume_remeasures_reused_stages_under_new_targets_and_bench(finished_ru
     again = compressor.compress(recipe, out, resume=True, progress=False).stages[1]
     assert again.details.get("resumed") is True and again.runtime_top1 == folded.runtime_top1
 
+
+def test_the_headline_rounds_are_not_a_stage_rows_setting(tmp_path):
+    """bench.rounds sets only the headline's paired timing: changing it must not re-time reused stage rows."""
+    from compressor.pipeline.recipe import parse_recipe
+    from compressor.pipeline.runner import Pipeline
+
+    def measured_with(**bench):
+        return Pipeline(parse_recipe(demo_recipe(bench={**FAST_BENCH, **bench})), tmp_path)._measured_with()
+
+    assert measured_with(rounds=3) == measured_with(rounds=9)
+    assert measured_with(duration=0.05) != measured_with(duration=0.1)
+
 def test_check_gate_exit_codes(finished_run, cli):
     out, _ = finished_run
     code, stdout, _ = cli("check", out / "report.json", "--max-accuracy-drop", "0.5", "--max-size-mb", "50")

@@ -272,7 +272,7 @@ def render_markdown(report: Report) -> str:
     if report.gate:
         lines += ["## Gate", "", "| limit | required | actual | result |", "|---|---|---|---|"]
         for g in report.gate:
-            lines.append(f"| {g.limit} | {g.required:g} | {_fmt(g.actual, '.3f')} | "
+            lines.append(f"| {g.limit} | {g.required:g} | {_fmt(g.actual, '.3f')}{f' ({g.measured})' if g.measured else ''} | "
                          f"{'pass' if g.passed else f'FAIL by {-g.margin:.3f}' if g.margin is not None else 'FAIL'} |")
         lines += ["", f"**Gate {'passed' if report.gate_passed else 'FAILED'}.**", ""]
     for s in report.stages:

@@ -455,6 +455,7 @@ class Pipeline:
         if not report.gate_passed:
             failed = [g for g in report.gate if not g.passed]
             raise GateFailed("; ".join(
-                f"{g.limit}: required {g.required:g}, got {'n/a' if g.actual is None else f'{g.actual:.3f}'}" for g in failed
+                f"{g.limit}: required {g.required:g}, got {'n/a' if g.actual is None else f'{g.actual:.3f}'}"
+                + (f" ({g.measured})" if g.measured else "") for g in failed
             ) + f" (artifacts and report written to {self.out_dir})")
         return report
