@@ -12,11 +12,10 @@ alone and with more rounds, before a small gain may decide between them.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 
 from compressor.quant.space import QuantConfig
-from compressor.runtime.latency import Latency, round_ratios, trimmed
+from compressor.runtime.latency import Latency, paired_speedup, round_ratios, trimmed
 
 FASTER, NOT_FASTER, WITHIN_NOISE = "faster", "not faster", "within noise"
 BEYOND_NOISE = "in all but the most extreme quarter of the paired rounds"
@@ -110,13 +109,12 @@ def retimer(measure: Callable, models: dict, images: object, batch: int, threads
     def retime(candidate: QuantConfig, current: QuantConfig) -> tuple[Latency, Latency]:
         keys = [f"int8:{candidate.key()}", f"int8:{current.key()}"]
         again = measure({k: models[k] for k in keys}, images, batch, threads, rounds=rounds, **kw)
-        ratios = round_ratios(again[keys[0]], again[keys[1]])
+        # The candidate's throughput and batch-1 speed over the current choice's: trimmed low and high, median.
+        p = paired_speedup(again[keys[1]], again[keys[0]]) or {}
         log.append({
-            "candidate": candidate.key(), "against": current.key(), "rounds": len(ratios[0]) if ratios else 0,
-            # The candidate's throughput and batch-1 speed over the current choice's, trimmed low and high.
-            "throughput_ratio_trimmed": [round(r, 3) for r in trimmed(ratios[0])] if ratios else None,
-            "throughput_ratio_median": round(statistics.median(ratios[0]), 3) if ratios else None,
-            "batch1_ratio_trimmed": [round(r, 3) for r in trimmed(ratios[1])] if ratios else None,
+            "candidate": candidate.key(), "against": current.key(), "rounds": p.get("rounds", 0),
+            "throughput_ratio_trimmed": p.get("throughput_trimmed"), "throughput_ratio_median": p.get("throughput_speedup"),
+            "batch1_ratio_trimmed": p.get("batch1_trimmed"),
             "latency": {k.split(":", 1)[1]: v.as_dict() for k, v in again.items()}})
         return again[keys[0]], again[keys[1]]
 
